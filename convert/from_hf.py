@@ -1,0 +1,182 @@
+"""Import a Hugging Face Qwen2.5-VL checkpoint into a project model directory.
+
+  python -m convert.from_hf --base=HF_DIR --out=CKPT [--param_dtype=auto|float32|bfloat16] [--rope_mode=sequential]
+
+HF_DIR holds config.json, tokenizer files and safetensors (one file or shards with an index; either key layout;
+bf16 or fp32). Tensors are streamed: each parameter is built shard by shard on its target device(s) from
+memory-mapped tensors, so no host copy of the whole model is ever made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from convert import hf_keys
+from convert.safetensors_io import CheckpointReader
+from editreward_jax import checkpoints
+from editreward_jax.models import positions
+from editreward_jax.models.config import ModelConfig, from_hf_dict
+from editreward_jax.models.qwen2_5_vl import RuntimeOptions
+
+EMBED_KEY = "model.language_model.embed_tokens.weight"
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's tensors do not match the model: lists every missing, unexpected and mis-shaped key."""
+
+
+def read_hf_config(base: str) -> dict[str, Any]:
+  path = os.path.join(base, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{base}: config.json is missing")
+  with open(path) as f:
+    return json.load(f)
+
+
+def canonical_index(reader: CheckpointReader) -> dict[str, str]:
+  """Canonical (in-memory layout) name -> name as stored, for every tensor of the checkpoint."""
+  index: dict[str, str] = {}
+  for key in reader.keys():
+    canon = hf_keys.canonical_key(key)
+    if canon in index:
+      raise CheckpointMismatchError(f"{reader.directory}: {key!r} and {index[canon]!r} are the same parameter")
+    index[canon] = key
+  return index
+
+
+def check_tensors(reader: CheckpointReader, index: dict[str, str], cfg: ModelConfig, abstract: dict,
+                  ignore_prefixes: Sequence[str] = ()) -> None:
+  """Raises one CheckpointMismatchError naming every missing, unexpected and mis-shaped tensor."""
+  missing, misshaped, used = [], [], set()
+  for spec in hf_keys.param_specs(cfg):
+    shape = _lookup(abstract, spec.path).shape
+    want = hf_keys.hf_shape(spec, shape[1:] if spec.num_layers else shape, cfg)
+    for key in spec.hf_keys():
+      if key not in index:
+        missing.append(key)
+        continue
+      used.add(key)
+      got = reader.shape(index[key])
+      if got != want:
+        misshaped.append(f"{index[key]}: expected {want}, found {got}")
+  tied_copy = "lm_head.weight" if cfg.text.tie_word_embeddings else None
+  unexpected = sorted(index[k] for k in index
+                      if k not in used and k != tied_copy and not k.startswith(tuple(ignore_prefixes)))
+  problems = []
+  if missing:
+    problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+  if unexpected:
+    problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+  if misshaped:
+    problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+  if problems:
+    raise CheckpointMismatchError(f"{reader.directory}: checkpoint does not match the model config:\n  " +
+                                  "\n  ".join(problems))
+
+
+def _lookup(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def load_tensor(reader: CheckpointReader, index: dict[str, str], spec: hf_keys.ParamSpec,
+                target: jax.ShapeDtypeStruct) -> jax.Array:
+  """One parameter, assembled shard by shard on its sharding from memory-mapped tensors."""
+  keys = spec.hf_keys()
+  dtype = np.dtype(target.dtype)
+
+  def shard(idx: tuple[slice, ...]) -> np.ndarray:
+    if spec.num_layers is None:
+      return np.asarray(hf_keys.to_ours(spec, reader.get(index[keys[0]]))[idx], dtype=dtype)
+    layers = range(spec.num_layers)[idx[0]]
+    return np.stack([np.asarray(hf_keys.to_ours(spec, reader.get(index[keys[i]]))[idx[1:]], dtype=dtype)
+                     for i in layers])
+
+  return jax.make_array_from_callback(target.shape, target.sharding, shard)
+
+
+def resolve_param_dtype(name: str, reader: CheckpointReader, index: dict[str, str]) -> str:
+  if name != "auto":
+    return name
+  return str(np.dtype(reader.get(index[EMBED_KEY]).dtype)) if EMBED_KEY in index else "float32"
+
+
+def load_backbone(base: str, *, param_dtype: str = "auto", mesh=None, reader: CheckpointReader | None = None,
+                  ignore_prefixes: Sequence[str] = ()) -> tuple[ModelConfig, dict]:
+  """Config and parameters (nested dict of jax arrays) of a Hugging Face Qwen2.5-VL checkpoint.
+
+  `reader` reads the tensors from another file than the base directory's (e.g. a released EditReward state dict);
+  names under `ignore_prefixes` are left to the caller.
+  """
+  cfg = from_hf_dict(read_hf_config(base))
+  reader = reader or CheckpointReader(base)
+  index = canonical_index(reader)
+  if EMBED_KEY in index:  # the table size comes from the tensor (e.g. resized for an added <|Reward|> token)
+    rows = reader.shape(index[EMBED_KEY])[0]
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=rows)).validate()
+  options = RuntimeOptions(param_dtype=resolve_param_dtype(param_dtype, reader, index))
+  _, _, abstract = checkpoints.abstract_params(cfg, options, mesh)
+  check_tensors(reader, index, cfg, abstract, ignore_prefixes)
+  params: dict = {}
+  specs = hf_keys.param_specs(cfg)
+  start = time.time()
+  for n, spec in enumerate(specs, 1):
+    _set(params, spec.path, load_tensor(reader, index, spec, _lookup(abstract, spec.path)))
+    logging.info("loaded %d/%d %s (%.1fs)", n, len(specs), "/".join(spec.path), time.time() - start)
+  return cfg, params
+
+
+def import_hf(base: str, out: str, *, param_dtype: str = "auto", rope_mode: str = "sequential", mesh=None) -> str:
+  """Writes a model directory at `out` from the Hugging Face directory `base`; returns `out`."""
+  if rope_mode not in positions.ROPE_MODES:
+    raise ValueError(f"unknown rope mode {rope_mode!r}; choose one of {positions.ROPE_MODES}")
+  cfg, params = load_backbone(base, param_dtype=param_dtype, mesh=mesh)
+  os.makedirs(out, exist_ok=True)
+  checkpoints.save_params(out, params)
+  checkpoints.copy_tokenizer(base, out)
+  checkpoints.write_meta(out, cfg, {"rope_mode": rope_mode, "source": os.path.abspath(base)})
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  logging.getLogger().setLevel(logging.INFO)
+  start = time.time()
+  try:
+    import_hf(f.base, f.out, param_dtype=f.param_dtype, rope_mode=f.rope_mode)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  print(f"wrote {f.out} in {time.time() - start:.1f}s")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("base", None, "Hugging Face Qwen2.5-VL directory (config.json, tokenizer, safetensors).",
+                      required=True)
+  flags.DEFINE_string("out", None, "Output model directory.", required=True)
+  flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfloat16"],
+                    "Stored parameter dtype; auto keeps the checkpoint's.")
+  flags.DEFINE_enum("rope_mode", "sequential", list(positions.ROPE_MODES),
+                    "Position mode recorded with the model: sequential (what EditReward checkpoints expect) or "
+                    "mrope (native Qwen2.5-VL 3-D).")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

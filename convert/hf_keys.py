@@ -1,0 +1,117 @@
+"""The correspondence between Hugging Face Qwen2.5-VL tensor names and this project's parameters.
+
+One table (`param_specs`) serves import and export. Hugging Face names are given in the current in-memory layout
+(`model.visual.*`, `model.language_model.*`, `lm_head.weight`), which released EditReward state dicts also use;
+`canonical_key` maps the older on-disk layout (`visual.*`, `model.layers.*`, `model.embed_tokens.*`,
+`model.norm.*`) onto it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from editreward_jax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+  path: tuple[str, ...]     # where the parameter lives in the nnx state
+  hf_key: str               # Hugging Face name; "{i}" stands for the layer index of a stacked parameter
+  num_layers: int | None    # leading stacked axis of our parameter, or None
+  transform: str            # "copy", "linear" (torch [out, in] <-> our [in, out]) or "patch" (Conv3d <-> matmul)
+
+  def hf_keys(self) -> list[str]:
+    if self.num_layers is None:
+      return [self.hf_key]
+    return [self.hf_key.format(i=i) for i in range(self.num_layers)]
+
+
+def canonical_key(key: str) -> str:
+  """Older on-disk names -> current in-memory names; other names pass through."""
+  if key.startswith("visual."):
+    return "model." + key
+  if key.startswith("model.") and not key.startswith(("model.visual.", "model.language_model.")):
+    return "model.language_model." + key[len("model."):]
+  return key
+
+
+def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
+  v, t = cfg.vision, cfg.text
+  specs = [
+      ParamSpec(("embed_tokens",), "model.language_model.embed_tokens.weight", None, "copy"),
+      ParamSpec(("decoder", "norm", "scale"), "model.language_model.norm.weight", None, "copy"),
+      ParamSpec(("visual", "patch_embed", "kernel"), "model.visual.patch_embed.proj.weight", None, "patch"),
+      ParamSpec(("visual", "merger", "ln_q", "scale"), "model.visual.merger.ln_q.weight", None, "copy"),
+  ]
+  for ours, theirs in (("fc1", "0"), ("fc2", "2")):
+    specs += [
+        ParamSpec(("visual", "merger", ours, "kernel"), f"model.visual.merger.mlp.{theirs}.weight", None, "linear"),
+        ParamSpec(("visual", "merger", ours, "bias"), f"model.visual.merger.mlp.{theirs}.bias", None, "copy"),
+    ]
+  if not t.tie_word_embeddings:
+    specs.append(ParamSpec(("lm_head",), "lm_head.weight", None, "linear"))
+
+  block = "model.visual.blocks.{i}."
+  specs += [
+      ParamSpec(("visual", "blocks", "norm1", "scale"), block + "norm1.weight", v.depth, "copy"),
+      ParamSpec(("visual", "blocks", "norm2", "scale"), block + "norm2.weight", v.depth, "copy"),
+  ]
+  for name in ("qkv", "proj"):
+    specs += [
+        ParamSpec(("visual", "blocks", "attn", name, "kernel"), block + f"attn.{name}.weight", v.depth, "linear"),
+        ParamSpec(("visual", "blocks", "attn", name, "bias"), block + f"attn.{name}.bias", v.depth, "copy"),
+    ]
+  for name in ("gate_proj", "up_proj", "down_proj"):
+    specs += [
+        ParamSpec(("visual", "blocks", "mlp", name, "kernel"), block + f"mlp.{name}.weight", v.depth, "linear"),
+        ParamSpec(("visual", "blocks", "mlp", name, "bias"), block + f"mlp.{name}.bias", v.depth, "copy"),
+    ]
+
+  layer = "model.language_model.layers.{i}."
+  n = t.num_hidden_layers
+  specs += [
+      ParamSpec(("decoder", "layers", "input_layernorm", "scale"), layer + "input_layernorm.weight", n, "copy"),
+      ParamSpec(("decoder", "layers", "post_attention_layernorm", "scale"), layer + "post_attention_layernorm.weight",
+                n, "copy"),
+      ParamSpec(("decoder", "layers", "self_attn", "o_proj", "kernel"), layer + "self_attn.o_proj.weight", n,
+                "linear"),
+  ]
+  for name in ("q_proj", "k_proj", "v_proj"):
+    specs += [
+        ParamSpec(("decoder", "layers", "self_attn", name, "kernel"), layer + f"self_attn.{name}.weight", n, "linear"),
+        ParamSpec(("decoder", "layers", "self_attn", name, "bias"), layer + f"self_attn.{name}.bias", n, "copy"),
+    ]
+  for name in ("gate_proj", "up_proj", "down_proj"):
+    specs.append(ParamSpec(("decoder", "layers", "mlp", name, "kernel"), layer + f"mlp.{name}.weight", n, "linear"))
+  return specs
+
+
+def hf_shape(spec: ParamSpec, ours: tuple[int, ...], cfg: ModelConfig) -> tuple[int, ...]:
+  """Shape of one Hugging Face tensor for our parameter shape `ours` (without the stacked axis)."""
+  if spec.transform == "linear":
+    return tuple(reversed(ours))
+  if spec.transform == "patch":
+    v = cfg.vision
+    return (ours[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+  return tuple(ours)
+
+
+def to_ours(spec: ParamSpec, x: np.ndarray) -> np.ndarray:
+  """One Hugging Face tensor -> our layout (one layer of a stacked parameter)."""
+  if spec.transform == "linear":
+    return x.T
+  if spec.transform == "patch":
+    # Conv3d with kernel = stride over a (C, T, P, P) patch is a dot product with the flattened kernel.
+    return x.reshape(x.shape[0], -1).T
+  return x
+
+
+def to_hf(spec: ParamSpec, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+  """Inverse of `to_ours`."""
+  if spec.transform == "linear":
+    return x.T
+  if spec.transform == "patch":
+    return x.T.reshape(hf_shape(spec, x.shape, cfg))
+  return x

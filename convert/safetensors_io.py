@@ -1,0 +1,125 @@
+"""Reading and writing safetensors with NumPy, bfloat16 included, without torch.
+
+The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then raw
+little-endian tensor bytes. Files are memory-mapped, so reading one tensor touches only its bytes: a 7B checkpoint is
+streamed tensor by tensor, never loaded whole. (The `safetensors` package's NumPy backend rejects bfloat16.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Iterable, Mapping
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class SafetensorsFile:
+  """One memory-mapped .safetensors file."""
+
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) != 8:
+        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+      (n,) = struct.unpack("<Q", head)
+      try:
+        header = json.loads(f.read(n))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable safetensors header: {e}") from None
+    self.metadata = header.pop("__metadata__", {}) or {}
+    self.header = header
+    self._data_start = 8 + n
+    self._mmap = np.memmap(path, dtype=np.uint8, mode="r")
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(self.header[key]["shape"])
+
+  def dtype(self, key: str) -> np.dtype:
+    name = self.header[key]["dtype"]
+    if name not in _DTYPES:
+      raise ValueError(f"{self.path}: tensor {key!r} has unsupported dtype {name}")
+    return _DTYPES[name]
+
+  def get(self, key: str) -> np.ndarray:
+    """A read-only view of the tensor (no copy)."""
+    info = self.header[key]
+    begin, end = info["data_offsets"]
+    buf = self._mmap[self._data_start + begin:self._data_start + end]
+    return buf.view(self.dtype(key)).reshape(info["shape"])
+
+
+class CheckpointReader:
+  """All tensors of a Hugging Face checkpoint directory: `model.safetensors` or an index with shards."""
+
+  def __init__(self, directory: str, filename: str | None = None):
+    self.directory = directory
+    index_path = os.path.join(directory, INDEX_FILE)
+    if filename is not None:
+      files = {filename: None}
+    elif os.path.exists(index_path):
+      with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+      files = {name: None for name in sorted(set(weight_map.values()))}
+    elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
+      files = {SINGLE_FILE: None}
+    else:
+      raise FileNotFoundError(f"{directory}: no {SINGLE_FILE} and no {INDEX_FILE}")
+    self._where: dict[str, SafetensorsFile] = {}
+    for name in files:
+      st = SafetensorsFile(os.path.join(directory, name))
+      for key in st.keys():
+        if key in self._where:
+          raise ValueError(f"{directory}: tensor {key!r} appears in both {self._where[key].path} and {st.path}")
+        self._where[key] = st
+
+  def keys(self) -> list[str]:
+    return list(self._where)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self._where[key].shape(key)
+
+  def get(self, key: str) -> np.ndarray:
+    return self._where[key].get(key)
+
+  def file_of(self, key: str) -> str:
+    return self._where[key].path
+
+
+def save_file(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], path: str,
+              metadata: Mapping[str, str] | None = None) -> None:
+  """Writes tensors (any order given; stored sorted by name) as one safetensors file."""
+  items = sorted(tensors.items() if isinstance(tensors, Mapping) else tensors)
+  header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+  offset = 0
+  for key, arr in items:
+    dt = np.dtype(arr.dtype)
+    if dt not in _NAMES:
+      raise ValueError(f"tensor {key!r}: dtype {dt} cannot be written to safetensors")
+    nbytes = arr.size * dt.itemsize
+    header[key] = {"dtype": _NAMES[dt], "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+    offset += nbytes
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned, as the reference writer does
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for _, arr in items:
+      f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+  os.replace(tmp, path)

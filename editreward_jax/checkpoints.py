@@ -1,0 +1,113 @@
+"""Model directories: Orbax parameters plus everything needed to use them.
+
+A model directory holds
+  editreward.json   format version, the model config, and settings (position mode, ...)
+  params/           the parameters (an Orbax checkpoint of the nnx state as a nested dict)
+  tokenizer/        the tokenizer files (copied from the Hugging Face base directory)
+No pickle is involved anywhere: Orbax stores arrays with TensorStore and metadata as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from editreward_jax import sharding
+from editreward_jax.models.config import ModelConfig
+from editreward_jax.models.qwen2_5_vl import Qwen25VL, RuntimeOptions
+
+FORMAT_VERSION = 1
+META_FILE = "editreward.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.json", "chat_template.jinja", "generation_config.json",
+                   "preprocessor_config.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMeta:
+  model: ModelConfig
+  settings: dict[str, Any]
+  directory: str
+
+  @property
+  def tokenizer_dir(self) -> str | None:
+    path = os.path.join(self.directory, TOKENIZER_DIR)
+    return path if os.path.isdir(path) else None
+
+
+def write_meta(directory: str, cfg: ModelConfig, settings: Mapping[str, Any]) -> None:
+  meta = {"format_version": FORMAT_VERSION, "model": cfg.to_dict(), "settings": dict(settings)}
+  with open(os.path.join(directory, META_FILE), "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def read_meta(directory: str) -> ModelMeta:
+  path = os.path.join(directory, META_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{directory} is not a model directory: {META_FILE} is missing")
+  with open(path) as f:
+    meta = json.load(f)
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+  return ModelMeta(model=ModelConfig.from_dict(meta["model"]), settings=meta.get("settings", {}), directory=directory)
+
+
+def copy_tokenizer(src_dir: str, directory: str) -> list[str]:
+  dst = os.path.join(directory, TOKENIZER_DIR)
+  os.makedirs(dst, exist_ok=True)
+  copied = []
+  for name in TOKENIZER_FILES:
+    if os.path.exists(os.path.join(src_dir, name)):
+      shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst, name))
+      copied.append(name)
+  return copied
+
+
+def save_params(directory: str, params: Mapping[str, Any]) -> None:
+  """Saves a nested dict of (possibly sharded) arrays under directory/params and waits for completion."""
+  path = os.path.abspath(os.path.join(directory, PARAMS_DIR))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params, force=True)
+    ckptr.wait_until_finished()
+
+
+def restore_params(directory: str, abstract: Mapping[str, Any]) -> Any:
+  """Restores directory/params onto the shapes, dtypes and shardings of `abstract` (ShapeDtypeStructs)."""
+  path = os.path.abspath(os.path.join(directory, PARAMS_DIR))
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path, abstract)
+
+
+def abstract_params(cfg: ModelConfig, options: RuntimeOptions, mesh=None) -> tuple[nnx.GraphDef, nnx.State, Any]:
+  """GraphDef, abstract State, and a pure-dict tree of ShapeDtypeStructs carrying each parameter's sharding
+  (one device when `mesh` is None)."""
+  abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, options, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  values = nnx.to_pure_dict(state)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, values)
+  else:
+    shardings = sharding.param_shardings(state, mesh)
+  tree = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), values, shardings)
+  return graphdef, state, tree
+
+
+def load_model(directory: str, options: RuntimeOptions = RuntimeOptions(), mesh=None) -> tuple[Qwen25VL, ModelMeta]:
+  """The backbone stored in a model directory, with parameters cast to `options.param_dtype`."""
+  meta = read_meta(directory)
+  graphdef, state, abstract = abstract_params(meta.model, options, mesh)
+  params = restore_params(directory, abstract)
+  params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, abstract)
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state), meta
+

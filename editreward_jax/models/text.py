@@ -1,0 +1,92 @@
+"""Qwen2 text decoder in Flax NNX with multimodal (3-axis) rotary positions, layers stacked and scanned."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from editreward_jax import sharding
+from editreward_jax.models import attention, layers, scan
+from editreward_jax.models.config import TextConfig
+
+
+def mrope_cos_sin(position_ids: jax.Array, cfg: TextConfig, dtype) -> tuple[jax.Array, jax.Array]:
+  """position_ids [3, B, L] -> cos, sin [B, L, head_dim].
+
+  Frequency j takes its position from axis (section index of j) mod 3: with sections (16, 24, 24) the first 16
+  frequencies follow the temporal axis, the next 24 the height axis, the last 24 the width axis.
+  """
+  hd = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta**(np.arange(0, hd, 2, dtype=np.float32) / hd))
+  axis_of_freq = np.repeat(np.arange(len(cfg.mrope_section)) % 3, cfg.mrope_section)
+  pos = position_ids.astype(jnp.float32)[axis_of_freq]  # [hd/2, B, L]
+  freqs = jnp.moveaxis(pos, 0, -1) * jnp.asarray(inv_freq)  # [B, L, hd/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+class TextAttention(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, hd = cfg.hidden_size, cfg.head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = layers.Linear(d, cfg.num_attention_heads * hd, ("embed", "q_heads"), use_bias=True, **kw)
+    self.k_proj = layers.Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
+    self.v_proj = layers.Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
+    self.o_proj = layers.Linear(cfg.num_attention_heads * hd, d, ("q_heads", "embed"), use_bias=False, **kw)
+    self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+
+  def __call__(self, x, cos, sin, lengths, implementation):
+    b, l, _ = x.shape
+    q = self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+    q = layers.apply_rotary(q, cos, sin)
+    k = layers.apply_rotary(k, cos, sin)
+    out = attention.attend(q, k, v, lengths, causal=True, implementation=implementation)
+    return self.o_proj(out.reshape(b, l, -1))
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d = cfg.hidden_size
+    self.input_layernorm = layers.RMSNorm(d, cfg.rms_norm_eps, "norm", param_dtype=param_dtype, rngs=rngs)
+    self.self_attn = TextAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.post_attention_layernorm = layers.RMSNorm(d, cfg.rms_norm_eps, "norm", param_dtype=param_dtype, rngs=rngs)
+    self.mlp = layers.GatedMLP(d, cfg.intermediate_size, cfg.hidden_act, ("embed", "mlp"), use_bias=False,
+                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x, cos, sin, lengths, implementation):
+    x = x + self.self_attn(self.input_layernorm(x), cos, sin, lengths, implementation)
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return sharding.constrain(x, ("batch", "seq", "embed_act"))
+
+
+class TextDecoder(nnx.Module):
+  """Decoder layers and the final norm; takes input embeddings, returns final normed hidden states."""
+
+  def __init__(self, cfg: TextConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+               attention_impl: str = "xla", rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    self.dtype = dtype
+    self.remat = remat
+    self.attention_impl = attention_impl
+    self.layers = scan.make_stack(lambda r: DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
+                                  cfg.num_hidden_layers, "layers", rngs)
+    self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "norm", param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, position_ids: jax.Array, lengths: jax.Array) -> jax.Array:
+    """x [B, L, D] embeddings; position_ids [3, B, L]; lengths [B] valid (right-padded) tokens per row."""
+    x = sharding.constrain(x.astype(self.dtype), ("batch", "seq", "embed_act"))
+    cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)
+    impl = self.attention_impl
+
+    def body(layer, h, _):
+      return layer(h, cos, sin, lengths, impl)
+
+    x = scan.run_stack(self.layers, x, None, body, self.remat)
+    return self.norm(x)

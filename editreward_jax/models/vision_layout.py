@@ -1,0 +1,172 @@
+"""Host-side (NumPy) layout of a batch of images for the vision tower.
+
+The vision tower keeps its hidden states in a *padded window layout*: the sequence is cut into slots of fixed size
+(one attention window = `window_units**2` merged units = 64 patches for Qwen2.5-VL), windows follow transformers'
+window order (image by image, windows row-major, units row-major inside a window), and a window with fewer units is
+padded at its end. Window attention is then a reshape to [num_windows, window_patches] with per-window valid lengths;
+full-attention blocks gather each image's patches into a compact [num_images, max_patches] layout. Everything that
+depends on image sizes is computed here, once, outside jit; the jitted tower sees only fixed-shape index arrays, so a
+batch of images of different sizes is one call with no Python loop over images.
+
+Pixel rows arrive as `Qwen2VLImageProcessor` writes them: per image, patches in merge-block order (each run of
+`spatial_merge_size**2` consecutive rows is one merged unit), images concatenated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from editreward_jax.models.config import VisionConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionBatch:
+  """Fixed-shape inputs of the vision tower (NumPy on the host, jax arrays once transferred)."""
+  pixels: np.ndarray          # [S, patch_dim] pixel rows in window-slot order, zeros in padding slots
+  rope_pos: np.ndarray        # [S, 2] int32 (row, column) patch coordinates for the 2-D rotary embedding
+  window_lengths: np.ndarray  # [W] int32 valid patches per window (valid slots are a prefix of each window)
+  image_slots: np.ndarray     # [I, P] int32 slot of each patch of each image (compact, for full attention)
+  image_lengths: np.ndarray   # [I] int32 patches per image
+  slot_to_image: np.ndarray   # [S] int32 flat index into [I * P] for each slot (0 for padding slots)
+  unit_slots: np.ndarray      # [U] int32 merged-unit slot of each merged token, images in input order
+
+  def tree(self) -> dict[str, np.ndarray]:
+    return dataclasses.asdict(self)
+
+
+def pad_to(n: int, buckets: Sequence[int] | None) -> int:
+  """Smallest bucket >= n (n itself without buckets)."""
+  if not buckets:
+    return n
+  for b in sorted(buckets):
+    if b >= n:
+      return b
+  raise ValueError(f"size {n} exceeds the largest bucket {max(buckets)}")
+
+
+def check_grids(grid_thw: np.ndarray, cfg: VisionConfig) -> np.ndarray:
+  grid_thw = np.asarray(grid_thw, dtype=np.int64).reshape(-1, 3)
+  m = cfg.spatial_merge_size
+  for i, (t, h, w) in enumerate(grid_thw):
+    if t != 1:
+      raise ValueError(f"image {i}: grid_t={t}; only still images (grid_t=1) are supported")
+    if h % m or w % m or h <= 0 or w <= 0:
+      raise ValueError(f"image {i}: grid (h={h}, w={w}) is not a positive multiple of spatial_merge_size {m}")
+  return grid_thw
+
+
+def _windows_of(llm_h: int, llm_w: int, wu: int) -> list[np.ndarray]:
+  """Unit indices (row-major within the image) of each window, windows row-major; empty windows dropped."""
+  units = np.arange(llm_h * llm_w).reshape(llm_h, llm_w)
+  out = []
+  for r0 in range(0, llm_h, wu):
+    for c0 in range(0, llm_w, wu):
+      out.append(units[r0:r0 + wu, c0:c0 + wu].reshape(-1))
+  return out
+
+
+def _patch_coords(h: int, w: int, m: int) -> np.ndarray:
+  """(row, col) of each patch in merge-block order, as the processor lays patches out."""
+  rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  shape = (h // m, m, w // m, m)
+  rows = rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+  cols = cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+  return np.stack([rows, cols], axis=-1)
+
+
+def num_windows(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
+  wu = cfg.window_units
+  m = cfg.spatial_merge_size
+  return int(sum(-(-(h // m) // wu) * -(-(w // m) // wu) for _, h, w in np.asarray(grid_thw).reshape(-1, 3)))
+
+
+def build_vision_batch(pixel_values: np.ndarray | None, grid_thw: np.ndarray, cfg: VisionConfig, *,
+                       windows_bucket: Sequence[int] | None = None, images_bucket: Sequence[int] | None = None,
+                       patches_bucket: Sequence[int] | None = None, units_bucket: Sequence[int] | None = None,
+                       dtype=np.float32) -> VisionBatch:
+  """Lays out `pixel_values` [sum(h*w), patch_dim] of images with `grid_thw` [n, 3] for the vision tower.
+
+  The buckets pad the number of windows, images, patches per image and merged units to one of a few sizes so that a
+  run compiles a handful of programs. `pixel_values=None` lays out indices only (pixels then all zero).
+  """
+  grid_thw = check_grids(grid_thw, cfg)
+  m, mu, wu = cfg.spatial_merge_size, cfg.merge_unit, cfg.window_units
+  win_patches = wu * wu * mu
+  n_img = len(grid_thw)
+  patches_per_image = [int(h * w) for _, h, w in grid_thw]
+  total_patches = sum(patches_per_image)
+  if pixel_values is not None:
+    pixel_values = np.asarray(pixel_values)
+    if pixel_values.shape != (total_patches, cfg.patch_dim):
+      raise ValueError(f"pixel_values has shape {pixel_values.shape}; grid_thw implies ({total_patches}, "
+                       f"{cfg.patch_dim})")
+
+  n_win = pad_to(max(num_windows(grid_thw, cfg), 1), windows_bucket)
+  n_slots = n_win * win_patches
+  n_img_pad = pad_to(max(n_img, 1), images_bucket)
+  p_max = pad_to(max(patches_per_image, default=1), patches_bucket)
+  n_units = pad_to(max(total_patches // mu, 1), units_bucket)
+
+  patch_src = np.full(n_slots, -1, np.int64)
+  rope_pos = np.zeros((n_slots, 2), np.int32)
+  window_lengths = np.zeros(n_win, np.int32)
+  image_slots = np.zeros((n_img_pad, p_max), np.int32)
+  image_lengths = np.zeros(n_img_pad, np.int32)
+  slot_to_image = np.zeros(n_slots, np.int32)
+  unit_slots = np.zeros(n_units, np.int32)
+
+  win = 0
+  patch_base = 0
+  for i, (_, h, w) in enumerate(grid_thw):
+    coords = _patch_coords(int(h), int(w), m)
+    image_slot_list = []
+    unit_base = patch_base // mu
+    for units in _windows_of(int(h) // m, int(w) // m, wu):
+      slot0 = win * win_patches
+      for j, u in enumerate(units):
+        slots = slot0 + j * mu + np.arange(mu)
+        src = patch_base + u * mu + np.arange(mu)
+        patch_src[slots] = src
+        rope_pos[slots] = coords[u * mu + np.arange(mu)]
+        unit_slots[unit_base + u] = (slot0 // mu) + j
+        image_slot_list.append(slots)
+      window_lengths[win] = len(units) * mu
+      win += 1
+    slots = np.concatenate(image_slot_list)
+    image_slots[i, :len(slots)] = slots
+    image_lengths[i] = len(slots)
+    slot_to_image[slots] = i * p_max + np.arange(len(slots))
+    patch_base += int(h * w)
+
+  pixels = np.zeros((n_slots, cfg.patch_dim), dtype)
+  if pixel_values is not None:
+    valid = patch_src >= 0
+    pixels[valid] = pixel_values[patch_src[valid]]
+  return VisionBatch(pixels=pixels, rope_pos=rope_pos, window_lengths=window_lengths, image_slots=image_slots,
+                     image_lengths=image_lengths, slot_to_image=slot_to_image, unit_slots=unit_slots)
+
+
+def image_token_slots(input_ids: np.ndarray, image_token_id: int, batch: VisionBatch | None,
+                      num_units: int | None = None) -> np.ndarray:
+  """[B, L] int32: for each `<|image_pad|>` token, the merged-unit slot whose feature goes there; -1 elsewhere.
+
+  Image tokens are matched to merged units in reading order (row-major over the batch), as transformers does.
+  `num_units` is the real number of merged units (without bucket padding); it defaults to all of `unit_slots`.
+  """
+  input_ids = np.asarray(input_ids)
+  is_image = input_ids == image_token_id
+  n_tokens = int(is_image.sum())
+  out = np.full(input_ids.shape, -1, np.int32)
+  if batch is None:
+    if n_tokens:
+      raise ValueError(f"input has {n_tokens} image tokens but no images")
+    return out
+  n_units = len(batch.unit_slots) if num_units is None else num_units
+  if n_tokens != n_units:
+    raise ValueError(f"image features and image tokens do not match: {n_tokens} image tokens, {n_units} merged "
+                     "image units")
+  out[is_image] = batch.unit_slots[:n_units]
+  return out

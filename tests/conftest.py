@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny transformers model, the same model imported into a project model directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(scope="session")
+def tiny_torch():
+  from torch_reference import tiny_torch_model
+  return tiny_torch_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tiny_torch, tmp_path_factory):
+  path = tmp_path_factory.mktemp("hf_tiny")
+  tiny_torch.save_pretrained(path)
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_hf_dir, tmp_path_factory):
+  from convert.from_hf import import_hf
+  out = str(tmp_path_factory.mktemp("ckpt_tiny"))
+  return import_hf(tiny_hf_dir, out, param_dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_jax(tiny_ckpt):
+  from editreward_jax.checkpoints import load_model
+  model, _ = load_model(tiny_ckpt)
+  return model
