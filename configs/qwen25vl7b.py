@@ -1,0 +1,7 @@
+"""EditReward on Qwen2.5-VL-7B-Instruct."""
+
+from configs.base import base_config
+
+
+def get_config():
+  return base_config("qwen25vl7b")

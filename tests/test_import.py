@@ -1,0 +1,132 @@
+"""Hugging Face import: key layouts, shards, dtypes, and one clear error for mismatched checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+from flax import nnx
+
+from convert import from_hf
+from convert.safetensors_io import CheckpointReader, save_file
+from editreward_jax import checkpoints
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+def write_hf_dir(src_dir: str, dst: str, tensors: dict[str, np.ndarray], shards: int = 1) -> str:
+  os.makedirs(dst, exist_ok=True)
+  shutil.copyfile(os.path.join(src_dir, "config.json"), os.path.join(dst, "config.json"))
+  if shards == 1:
+    save_file(tensors, os.path.join(dst, "model.safetensors"))
+    return dst
+  names = sorted(tensors)
+  weight_map = {}
+  for s in range(shards):
+    fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+    part = {k: tensors[k] for k in names[s::shards]}
+    save_file(part, os.path.join(dst, fname))
+    weight_map.update({k: fname for k in part})
+  with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
+  return dst
+
+
+@pytest.fixture(scope="module")
+def in_memory_tensors(tiny_torch):
+  """The in-memory key layout (model.visual.*, model.language_model.*), as EditReward state dicts use."""
+  return {k: to_numpy(v) for k, v in tiny_torch.state_dict().items()}
+
+
+def params_of(ckpt: str):
+  model, meta = checkpoints.load_model(ckpt)
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model))), meta
+
+
+def assert_trees_equal(a, b):
+  la, lb = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (p, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(p))
+
+
+def test_both_layouts_and_shards_import_identically(tiny_hf_dir, tiny_ckpt, in_memory_tensors, tmp_path):
+  assert any(k.startswith("model.layers.") for k in CheckpointReader(tiny_hf_dir).keys())  # older on-disk layout
+  sharded = write_hf_dir(tiny_hf_dir, str(tmp_path / "hf"), in_memory_tensors, shards=3)
+  ckpt = from_hf.import_hf(sharded, str(tmp_path / "ckpt"), param_dtype="float32")
+  ours, _ = params_of(ckpt)
+  ref, _ = params_of(tiny_ckpt)
+  assert_trees_equal(ours, ref)
+
+
+def test_imported_values_are_the_torch_values(tiny_torch, tiny_ckpt):
+  params, meta = params_of(tiny_ckpt)
+  sd = tiny_torch.state_dict()
+  np.testing.assert_array_equal(params["decoder"]["layers"]["self_attn"]["q_proj"]["kernel"][1],
+                                sd["model.language_model.layers.1.self_attn.q_proj.weight"].numpy().T)
+  conv = sd["model.visual.patch_embed.proj.weight"].numpy()
+  np.testing.assert_array_equal(params["visual"]["patch_embed"]["kernel"], conv.reshape(conv.shape[0], -1).T)
+  np.testing.assert_array_equal(params["embed_tokens"], sd["model.language_model.embed_tokens.weight"].numpy())
+  assert meta.settings["rope_mode"] == "sequential"
+
+
+def test_bf16_checkpoint_keeps_its_dtype(tiny_hf_dir, tiny_torch, tmp_path):
+  bf16 = {k: to_numpy(v.to(torch.bfloat16)) for k, v in tiny_torch.state_dict().items()}
+  hf = write_hf_dir(tiny_hf_dir, str(tmp_path / "hf"), bf16)
+  ckpt = from_hf.import_hf(hf, str(tmp_path / "ckpt"))
+  with ocp.StandardCheckpointer() as c:
+    stored = c.metadata(os.path.abspath(os.path.join(ckpt, checkpoints.PARAMS_DIR))).item_metadata
+  assert stored["decoder"]["layers"]["mlp"]["up_proj"]["kernel"].dtype == ml_dtypes.bfloat16
+  params, _ = params_of(ckpt)
+  np.testing.assert_array_equal(params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"][0],
+                                bf16["model.language_model.layers.0.mlp.up_proj.weight"].T.astype(np.float32))
+
+
+def test_embedding_is_sized_from_the_tensor(tiny_hf_dir, in_memory_tensors, tmp_path):
+  t = dict(in_memory_tensors)
+  for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+    t[k] = t[k][:-4]  # e.g. a table resized to len(tokenizer)
+  ckpt = from_hf.import_hf(write_hf_dir(tiny_hf_dir, str(tmp_path / "hf"), t), str(tmp_path / "ckpt"))
+  assert checkpoints.read_meta(ckpt).model.text.vocab_size == t["lm_head.weight"].shape[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "unexpected", "misshaped"])
+def test_mismatched_checkpoint_names_the_key(tiny_hf_dir, in_memory_tensors, tmp_path, case):
+  t = dict(in_memory_tensors)
+  key = "model.visual.blocks.2.mlp.up_proj.weight"
+  if case == "missing":
+    del t[key]
+  elif case == "unexpected":
+    t["model.visual.blocks.7.mlp.up_proj.weight"] = t[key]
+    key = "model.visual.blocks.7.mlp.up_proj.weight"
+  else:
+    t[key] = t[key][:, :-1]
+  hf = write_hf_dir(tiny_hf_dir, str(tmp_path / "hf"), t)
+  with pytest.raises(from_hf.CheckpointMismatchError, match=f"{case.replace('misshaped', 'mis-shaped')} keys") as e:
+    from_hf.import_hf(hf, str(tmp_path / "ckpt"))
+  assert key in str(e.value)
+
+
+def test_cli(tiny_hf_dir, tmp_path):
+  out = tmp_path / "ckpt"
+  run = lambda *a: subprocess.run([sys.executable, "-m", "convert.from_hf", *a], capture_output=True, text=True,
+                                  cwd=os.path.dirname(os.path.dirname(__file__)))
+  ok = run(f"--base={tiny_hf_dir}", f"--out={out}")
+  assert ok.returncode == 0, ok.stderr
+  assert (out / "editreward.json").exists() and (out / "params").is_dir()
+  bad = run(f"--base={tmp_path / 'nowhere'}", f"--out={out}")
+  assert bad.returncode != 0
+  assert bad.stderr.strip().splitlines()[-1].startswith("error:") and "config.json is missing" in bad.stderr
