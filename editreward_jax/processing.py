@@ -1,0 +1,223 @@
+"""Host-side preparation of one edit (instruction, source image, edited image) for the reward model.
+
+Images: decoded from a PIL image, a path, encoded bytes or a `{"bytes", "path"}` record (a Hugging Face image
+column), without applying EXIF orientation (as `PIL.Image.open` gives them to the image processor); made RGB exactly
+as transformers' `convert_to_rgb` does (anything with an alpha band or a transparency key is composited over white);
+resized with PIL bicubic to `smart_resize`; scaled by 1/255 in float64 then cast to float32 and CLIP-normalised; and
+cut into merge-block-ordered rows of C * temporal * patch * patch values. The result is bit-identical to transformers'
+`Qwen2VLImageProcessorPil`.
+
+Prompts: one chat per quality dimension, a single user turn [source image, edited image, rubric text + suffix],
+rendered by the tokenizer's chat template with the generation prompt and tokenized without extra special tokens (the
+template writes them all). The suffix, and with it `<|Reward|>`, therefore sits inside the user turn, directly after
+the rubric text, followed by `<|im_end|>\\n<|im_start|>assistant\\n`: that is the reference's input (REFERENCE.md,
+"Input": the suffix is the last part of the user turn, and the chat is rendered with the generation prompt). The
+tokens after `<|Reward|>` cannot change the reward (causal attention); they only cost a few positions. Each
+`<|image_pad|>` is then expanded to its image's merged-token count, as `Qwen2_5_VLProcessor` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import PIL.Image
+
+from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN, PromptError, Prompts
+
+IMAGE_PAD = "<|image_pad|>"
+DEFAULT_PIXELS = 200704  # 448 * 448: min_pixels = max_pixels in the reference, 256 merged tokens per square image
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # OPENAI_CLIP_MEAN
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)  # OPENAI_CLIP_STD
+MAX_ASPECT_RATIO = 200
+
+ImageInput = Union[PIL.Image.Image, str, os.PathLike, bytes, bytearray, memoryview, Mapping[str, Any]]
+
+
+class ImageError(ValueError):
+  """An image that cannot be decoded or resized; the message names the field (and file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessedImage:
+  pixel_values: np.ndarray  # [grid_h * grid_w, C * temporal * patch * patch] float32, merge-block order
+  grid_thw: np.ndarray      # (3,) int64: (1, grid_h, grid_w)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessedExample:
+  images: tuple[ProcessedImage, ProcessedImage]  # (source, edited): the reading order of every prompt row
+  prompts: dict[str, np.ndarray]                 # dimension -> token ids [L] int32
+  reward_index: dict[str, int]                   # dimension -> position of <|Reward|> in prompts[dimension]
+
+
+def check_pixel_bounds(min_pixels: int, max_pixels: int) -> None:
+  if not 0 < min_pixels <= max_pixels:
+    raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = DEFAULT_PIXELS,
+                 max_pixels: int = DEFAULT_PIXELS) -> tuple[int, int]:
+  """Target (height, width): multiples of `factor`, aspect ratio about kept, area pulled into [min, max]_pixels.
+
+  Same arithmetic as transformers' `smart_resize`, so sizes match its image processor exactly. Like transformers 5
+  (unlike older versions, which rejected sides shorter than `factor`), small images are scaled up; in that branch a
+  very elongated image can end above max_pixels.
+  """
+  check_pixel_bounds(min_pixels, max_pixels)
+  if height < 1 or width < 1:
+    raise ValueError(f"image is empty ({width}x{height} pixels)")
+  if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+    raise ValueError(f"a {width}x{height} image has aspect ratio {max(height, width) / min(height, width):.1f}, "
+                     f"above the limit of {MAX_ASPECT_RATIO}")
+  h = round(height / factor) * factor
+  w = round(width / factor) * factor
+  if h * w > max_pixels:
+    beta = math.sqrt((height * width) / max_pixels)
+    h = max(factor, math.floor(height / beta / factor) * factor)
+    w = max(factor, math.floor(width / beta / factor) * factor)
+  elif h * w < min_pixels:  # also catches a side rounded to 0, so both sides end >= factor
+    beta = math.sqrt(min_pixels / (height * width))
+    h = math.ceil(height * beta / factor) * factor
+    w = math.ceil(width * beta / factor) * factor
+  return h, w
+
+
+def open_image(image: ImageInput, field: str = "image") -> PIL.Image.Image:
+  """Decodes an image input fully (so corrupt data fails here, naming `field` and the file)."""
+  if isinstance(image, PIL.Image.Image):
+    return image
+  if isinstance(image, Mapping):
+    image = image.get("bytes") or image.get("path")
+  if isinstance(image, (str, os.PathLike)):
+    what, src = os.fspath(image), os.fspath(image)
+  elif isinstance(image, (bytes, bytearray, memoryview)):
+    what, src = f"{len(image)} bytes", io.BytesIO(image)
+  else:
+    raise ImageError(f"{field}: expected a PIL image, a path or encoded image bytes, got {type(image).__name__}")
+  try:
+    with PIL.Image.open(src) as img:
+      img.load()
+  except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+    raise ImageError(f"{field}: cannot decode image ({what}): {e}") from e
+  return img
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+  """RGB the way transformers' `convert_to_rgb` makes it: transparency composited over white."""
+  if "A" in image.getbands() or image.info.get("transparency") is not None:
+    rgba = image.convert("RGBA")
+    white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+  return image.convert("RGB")
+
+
+def process_image(image: PIL.Image.Image, *, min_pixels: int = DEFAULT_PIXELS, max_pixels: int = DEFAULT_PIXELS,
+                  patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> ProcessedImage:
+  """Resize, normalise and patchify one decoded image (ValueError from `smart_resize` for unusable sizes)."""
+  rgb = to_rgb(image)
+  h, w = smart_resize(rgb.height, rgb.width, patch_size * merge_size, min_pixels, max_pixels)
+  x = np.asarray(rgb.resize((w, h), PIL.Image.Resampling.BICUBIC))
+  x = (x.astype(np.float64) * (1 / 255)).astype(np.float32)  # as transformers rescales (same as float32 / 255)
+  x = (x - CLIP_MEAN) / CLIP_STD
+  gh, gw, m, p = h // patch_size, w // patch_size, merge_size, patch_size
+  # [H, W, C] -> (block row, block col, row in block, col in block, C, patch row, patch col)
+  x = x.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
+  x = np.repeat(x[:, :, :, :, :, None], temporal_patch_size, axis=5)  # a still image fills every frame
+  return ProcessedImage(np.ascontiguousarray(x.reshape(gh * gw, -1)), np.array([1, gh, gw], np.int64))
+
+
+def add_reward_token(tokenizer) -> int:
+  """Adds `<|Reward|>` as a special token (id = the tokenizer's length before) and returns its id; idempotent."""
+  vocab = tokenizer.get_vocab()
+  if REWARD_TOKEN not in vocab:
+    tokenizer.add_special_tokens({"extra_special_tokens": [REWARD_TOKEN]}, replace_extra_special_tokens=False)
+    vocab = tokenizer.get_vocab()
+  return vocab[REWARD_TOKEN]
+
+
+def load_tokenizer(path: str | os.PathLike):
+  """A local Hugging Face tokenizer directory (never downloads), with `<|Reward|>` added."""
+  from transformers import AutoTokenizer  # deferred: heavy, and only needed where a tokenizer is built
+  tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+  add_reward_token(tokenizer)
+  return tokenizer
+
+
+class Processor:
+  """(instruction, source image, edited image) -> pixel rows and one token row per quality dimension.
+
+  Holds only the tokenizer, the prompts and numbers, so it pickles into Grain worker processes.
+  """
+
+  def __init__(self, tokenizer, prompts: Prompts, *, min_pixels: int = DEFAULT_PIXELS,
+               max_pixels: int = DEFAULT_PIXELS, patch_size: int = 14, merge_size: int = 2,
+               temporal_patch_size: int = 2):
+    check_pixel_bounds(min_pixels, max_pixels)
+    if not getattr(tokenizer, "chat_template", None):
+      raise ValueError("the tokenizer has no chat_template (tokenizer_config.json or chat_template.jinja)")
+    vocab = tokenizer.get_vocab()
+    for token in (IMAGE_PAD, REWARD_TOKEN):
+      if token not in vocab:
+        raise ValueError(f"the tokenizer has no {token} token" +
+                         (" (call add_reward_token(tokenizer) first)" if token == REWARD_TOKEN else ""))
+    self.tokenizer = tokenizer
+    self.prompts = prompts
+    self.min_pixels, self.max_pixels = min_pixels, max_pixels
+    self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
+    self.image_pad_id = vocab[IMAGE_PAD]
+    self.reward_id = vocab[REWARD_TOKEN]
+
+  def image(self, image: ImageInput, field: str = "image") -> ProcessedImage:
+    """Decode and process one image; any failure is an ImageError naming `field`."""
+    try:
+      return process_image(open_image(image, field), min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                           patch_size=self.patch_size, merge_size=self.merge_size,
+                           temporal_patch_size=self.temporal_patch_size)
+    except ImageError:
+      raise
+    except ValueError as e:
+      raise ImageError(f"{field}: {e}") from e
+
+  def num_image_tokens(self, grid_thw: np.ndarray) -> int:
+    """Merged tokens (LLM positions) of one image."""
+    return int(np.prod(grid_thw)) // self.merge_size**2
+
+  def encode(self, dimension: str, instruction: str, grids: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Token ids [L] int32 of one dimension's chat over images with `grids`, and the `<|Reward|>` position."""
+    content = [{"type": "image"} for _ in grids]
+    content.append({"type": "text", "text": self.prompts.text(dimension, instruction)})
+    text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                              tokenize=False)
+    ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False), np.int32)
+    pads = np.flatnonzero(ids == self.image_pad_id)
+    if len(pads) != len(grids):
+      raise PromptError(f"{dimension} prompt: {len(pads)} {IMAGE_PAD} tokens for {len(grids)} images "
+                        f"(the instruction or the rubric in {self.prompts.source} must not contain {IMAGE_PAD})")
+    repeats = np.ones(len(ids), np.int64)
+    repeats[pads] = [self.num_image_tokens(g) for g in grids]
+    ids = np.repeat(ids, repeats)
+    rewards = np.flatnonzero(ids == self.reward_id)
+    if len(rewards) != 1:
+      raise PromptError(f"{dimension} prompt: {len(rewards)} {REWARD_TOKEN} tokens, need exactly one "
+                        f"(the instruction must not contain {REWARD_TOKEN}; check {self.prompts.source})")
+    return ids, int(rewards[0])
+
+  def __call__(self, instruction: str, source_image: ImageInput, edited_image: ImageInput, *,
+               where: str = "") -> ProcessedExample:
+    """One edit; `where` (e.g. "edits.jsonl row 7") prefixes every error message."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(instruction, str):
+      raise ValueError(f"{prefix}instruction: expected a string, got {type(instruction).__name__}")
+    images = (self.image(source_image, prefix + "source_image"), self.image(edited_image, prefix + "edited_image"))
+    grids = [im.grid_thw for im in images]
+    try:
+      encoded = {d: self.encode(d, instruction, grids) for d in DIMENSIONS}
+    except PromptError as e:
+      raise PromptError(prefix + str(e)) from e
+    return ProcessedExample(images=images, prompts={d: ids for d, (ids, _) in encoded.items()},
+                            reward_index={d: r for d, (_, r) in encoded.items()})
