@@ -19,13 +19,16 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from convert import hf_keys
 from convert.safetensors_io import CheckpointReader
-from editreward_jax import checkpoints
+from editreward_jax import checkpoints, processing
 from editreward_jax.models import positions
 from editreward_jax.models.config import ModelConfig, from_hf_dict
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
+from editreward_jax.prompts import DIMENSIONS
+from editreward_jax.reward import FUSIONS, HeadConfig, RewardHead
 
 EMBED_KEY = "model.language_model.embed_tokens.weight"
 
@@ -101,12 +104,16 @@ def load_tensor(reader: CheckpointReader, index: dict[str, str], spec: hf_keys.P
   keys = spec.hf_keys()
   dtype = np.dtype(target.dtype)
 
+  # Cropping to the target shape first lets a token table keep only its first rows (a resize that shrinks).
+  crop = tuple(slice(0, n) for n in target.shape[1 if spec.num_layers else 0:])
+
+  def one(key: str, idx: tuple[slice, ...]) -> np.ndarray:
+    return np.asarray(hf_keys.to_ours(spec, reader.get(index[key]))[crop][idx], dtype=dtype)
+
   def shard(idx: tuple[slice, ...]) -> np.ndarray:
     if spec.num_layers is None:
-      return np.asarray(hf_keys.to_ours(spec, reader.get(index[keys[0]]))[idx], dtype=dtype)
-    layers = range(spec.num_layers)[idx[0]]
-    return np.stack([np.asarray(hf_keys.to_ours(spec, reader.get(index[keys[i]]))[idx[1:]], dtype=dtype)
-                     for i in layers])
+      return one(keys[0], idx)
+    return np.stack([one(keys[i], idx[1:]) for i in range(spec.num_layers)[idx[0]]])
 
   return jax.make_array_from_callback(target.shape, target.sharding, shard)
 
@@ -118,11 +125,11 @@ def resolve_param_dtype(name: str, reader: CheckpointReader, index: dict[str, st
 
 
 def load_backbone(base: str, *, param_dtype: str = "auto", mesh=None, reader: CheckpointReader | None = None,
-                  ignore_prefixes: Sequence[str] = ()) -> tuple[ModelConfig, dict]:
-  """Config and parameters (nested dict of jax arrays) of a Hugging Face Qwen2.5-VL checkpoint.
+                  vocab_size: int | None = None) -> tuple[ModelConfig, dict]:
+  """Config and backbone parameters (nested dict of jax arrays) of a Hugging Face Qwen2.5-VL checkpoint.
 
-  `reader` reads the tensors from another file than the base directory's (e.g. a released EditReward state dict);
-  names under `ignore_prefixes` are left to the caller.
+  `reader` reads the tensors from another file than the base directory's (a released EditReward state dict, whose
+  `rm_heads.*` are left to the caller). The token tables keep the tensor's row count, or are cut to `vocab_size`.
   """
   cfg = from_hf_dict(read_hf_config(base))
   reader = reader or CheckpointReader(base)
@@ -131,26 +138,90 @@ def load_backbone(base: str, *, param_dtype: str = "auto", mesh=None, reader: Ch
     rows = reader.shape(index[EMBED_KEY])[0]
     cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=rows)).validate()
   options = RuntimeOptions(param_dtype=resolve_param_dtype(param_dtype, reader, index))
-  _, _, abstract = checkpoints.abstract_params(cfg, options, mesh)
-  check_tensors(reader, index, cfg, abstract, ignore_prefixes)
+  _, _, abstract = checkpoints.abstract_params(cfg, options, mesh=mesh)
+  check_tensors(reader, index, cfg, abstract["backbone"], ignore_prefixes=("rm_heads.",))
+  rows = cfg.text.vocab_size if vocab_size is None else vocab_size
+  if rows > cfg.text.vocab_size:
+    raise ValueError(f"{base}: the tokenizer needs {rows} embedding rows but the checkpoint has "
+                     f"{cfg.text.vocab_size}")
+  if rows < cfg.text.vocab_size:  # as transformers' resize_token_embeddings shrinks: keep the first rows
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=rows)).validate()
+    _, _, abstract = checkpoints.abstract_params(cfg, options, mesh=mesh)
+  return cfg, load_specs(reader, index, hf_keys.param_specs(cfg), abstract["backbone"])
+
+
+def load_specs(reader: CheckpointReader, index: dict[str, str], specs: Sequence[hf_keys.ParamSpec],
+               abstract: dict) -> dict:
   params: dict = {}
-  specs = hf_keys.param_specs(cfg)
   start = time.time()
   for n, spec in enumerate(specs, 1):
     _set(params, spec.path, load_tensor(reader, index, spec, _lookup(abstract, spec.path)))
     logging.info("loaded %d/%d %s (%.1fs)", n, len(specs), "/".join(spec.path), time.time() - start)
-  return cfg, params
+  return params
 
 
-def import_hf(base: str, out: str, *, param_dtype: str = "auto", rope_mode: str = "sequential", mesh=None) -> str:
-  """Writes a model directory at `out` from the Hugging Face directory `base`; returns `out`."""
+def load_heads(reader: CheckpointReader, abstract: dict) -> dict:
+  """The reward heads of a released EditReward state dict (rm_heads.head_{0,1}.{0,3,5}.*), in float32."""
+  index = canonical_index(reader)
+  specs = hf_keys.head_specs(DIMENSIONS)
+  missing = [k for spec in specs for k in spec.hf_keys() if k not in index]
+  misshaped = [f"{spec.hf_key}: expected {hf_keys.hf_shape(spec, _lookup(abstract, spec.path).shape, None)}, "
+               f"found {reader.shape(index[spec.hf_key])}" for spec in specs if spec.hf_key in index and
+               reader.shape(index[spec.hf_key]) != hf_keys.hf_shape(spec, _lookup(abstract, spec.path).shape, None)]
+  if missing or misshaped:
+    raise CheckpointMismatchError(f"{reader.directory}: reward heads do not match: missing keys {missing}; "
+                                  f"mis-shaped keys {misshaped}")
+  return load_specs(reader, index, specs, abstract)
+
+
+def tokenizer_with_reward(base: str):
+  """The base directory's tokenizer with `<|Reward|>` added, or None when the directory has none."""
+  if not any(os.path.exists(os.path.join(base, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    logging.warning("%s has no tokenizer files: the model directory will have no tokenizer", base)
+    return None
+  return processing.load_tokenizer(base)
+
+
+def reward_reader(path: str) -> CheckpointReader:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: reward weights file not found")
+  if not path.endswith(".safetensors"):
+    raise ValueError(f"{path}: reward weights must be a .safetensors file (pickled .pth files are not loaded)")
+  return CheckpointReader(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+
+
+def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_dtype: str = "auto",
+              rope_mode: str = "sequential", fusion: str = "mean", seed: int = 0, mesh=None) -> str:
+  """Writes a model directory at `out` from the Hugging Face directory `base`; returns `out`.
+
+  With `reward_weights` (a released EditReward `model.safetensors`), backbone and heads come from that file; without,
+  the backbone comes from `base` and the heads are freshly initialised from `seed` (a starting point for training).
+  The base tokenizer gets `<|Reward|>` (id = its original length); the token tables are cut to the tokenizer's
+  length as the reference's resize does.
+  """
   if rope_mode not in positions.ROPE_MODES:
     raise ValueError(f"unknown rope mode {rope_mode!r}; choose one of {positions.ROPE_MODES}")
-  cfg, params = load_backbone(base, param_dtype=param_dtype, mesh=mesh)
+  if fusion not in FUSIONS:
+    raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
+  tokenizer = tokenizer_with_reward(base)
+  reader = reward_reader(reward_weights) if reward_weights else None
+  cfg, backbone = load_backbone(base, param_dtype=param_dtype, mesh=mesh, reader=reader,
+                                vocab_size=None if tokenizer is None else len(tokenizer))
+  _, _, abstract = checkpoints.abstract_params(cfg, RuntimeOptions(), mesh=mesh)
+  if reader is not None:
+    heads = load_heads(reader, abstract["heads"])
+  else:
+    rngs = nnx.Rngs(seed)
+    heads = {d: nnx.to_pure_dict(nnx.state(RewardHead(cfg.text.hidden_size, HeadConfig(), rngs), nnx.Param))
+             for d in DIMENSIONS}
   os.makedirs(out, exist_ok=True)
-  checkpoints.save_params(out, params)
-  checkpoints.copy_tokenizer(base, out)
-  checkpoints.write_meta(out, cfg, {"rope_mode": rope_mode, "source": os.path.abspath(base)})
+  checkpoints.save_params(out, {"backbone": backbone, "heads": heads})
+  if tokenizer is not None:
+    tokenizer.save_pretrained(os.path.join(out, checkpoints.TOKENIZER_DIR))
+  settings = {"rope_mode": rope_mode, "fusion": fusion, "source": os.path.abspath(base),
+              "reward_weights": os.path.abspath(reward_weights) if reward_weights else None,
+              "heads": "released" if reward_weights else f"initialised (seed {seed})"}
+  checkpoints.write_meta(out, cfg, HeadConfig(), settings)
   return out
 
 
@@ -160,7 +231,8 @@ def main(argv: Sequence[str]) -> None:
   logging.getLogger().setLevel(logging.INFO)
   start = time.time()
   try:
-    import_hf(f.base, f.out, param_dtype=f.param_dtype, rope_mode=f.rope_mode)
+    import_hf(f.base, f.out, reward_weights=f.reward_weights, param_dtype=f.param_dtype, rope_mode=f.rope_mode,
+              fusion=f.fusion)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
   print(f"wrote {f.out} in {time.time() - start:.1f}s")
@@ -170,6 +242,9 @@ def define_flags() -> None:
   flags.DEFINE_string("base", None, "Hugging Face Qwen2.5-VL directory (config.json, tokenizer, safetensors).",
                       required=True)
   flags.DEFINE_string("out", None, "Output model directory.", required=True)
+  flags.DEFINE_string("reward_weights", None, "A released EditReward model.safetensors (backbone and rm_heads) that "
+                      "replaces the base weights; without it the heads are freshly initialised.")
+  flags.DEFINE_enum("fusion", "mean", list(FUSIONS), "How the two dimensions' outputs are fused.")
   flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfloat16"],
                     "Stored parameter dtype; auto keeps the checkpoint's.")
   flags.DEFINE_enum("rope_mode", "sequential", list(positions.ROPE_MODES),

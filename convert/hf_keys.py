@@ -88,6 +88,21 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
   return specs
 
 
+REWARD_HEAD_LAYERS = (("fc0", "0"), ("fc3", "3"), ("fc5", "5"))  # torch Sequential indices of the Linear layers
+
+
+def head_specs(dimensions: tuple[str, ...]) -> list[ParamSpec]:
+  """The reward heads: rm_heads.head_{i} is the head of dimensions[i]."""
+  specs = []
+  for i, dim in enumerate(dimensions):
+    for ours, theirs in REWARD_HEAD_LAYERS:
+      specs += [
+          ParamSpec(("heads", dim, ours, "kernel"), f"rm_heads.head_{i}.{theirs}.weight", None, "linear"),
+          ParamSpec(("heads", dim, ours, "bias"), f"rm_heads.head_{i}.{theirs}.bias", None, "copy"),
+      ]
+  return specs
+
+
 def hf_shape(spec: ParamSpec, ours: tuple[int, ...], cfg: ModelConfig) -> tuple[int, ...]:
   """Shape of one Hugging Face tensor for our parameter shape `ours` (without the stacked axis)."""
   if spec.transform == "linear":

@@ -1,9 +1,9 @@
 """Model directories: Orbax parameters plus everything needed to use them.
 
 A model directory holds
-  editreward.json   format version, the model config, and settings (position mode, ...)
-  params/           the parameters (an Orbax checkpoint of the nnx state as a nested dict)
-  tokenizer/        the tokenizer files (copied from the Hugging Face base directory)
+  editreward.json   format version, the model and head configs, and settings (position mode, fusion, prompts, ...)
+  params/           the parameters of the reward model (backbone and heads) as an Orbax checkpoint of a nested dict
+  tokenizer/        the tokenizer files, `<|Reward|>` included
 No pickle is involved anywhere: Orbax stores arrays with TensorStore and metadata as JSON.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any, Mapping
 
 import jax
@@ -21,20 +20,19 @@ from flax import nnx
 
 from editreward_jax import sharding
 from editreward_jax.models.config import ModelConfig
-from editreward_jax.models.qwen2_5_vl import Qwen25VL, RuntimeOptions
+from editreward_jax.models.qwen2_5_vl import RuntimeOptions
+from editreward_jax.reward import HeadConfig, RewardModel
 
 FORMAT_VERSION = 1
 META_FILE = "editreward.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.json", "chat_template.jinja", "generation_config.json",
-                   "preprocessor_config.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelMeta:
   model: ModelConfig
+  head: HeadConfig
   settings: dict[str, Any]
   directory: str
 
@@ -44,8 +42,9 @@ class ModelMeta:
     return path if os.path.isdir(path) else None
 
 
-def write_meta(directory: str, cfg: ModelConfig, settings: Mapping[str, Any]) -> None:
-  meta = {"format_version": FORMAT_VERSION, "model": cfg.to_dict(), "settings": dict(settings)}
+def write_meta(directory: str, cfg: ModelConfig, head: HeadConfig, settings: Mapping[str, Any]) -> None:
+  meta = {"format_version": FORMAT_VERSION, "model": cfg.to_dict(), "head": dataclasses.asdict(head),
+          "settings": dict(settings)}
   with open(os.path.join(directory, META_FILE), "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
 
@@ -58,18 +57,8 @@ def read_meta(directory: str) -> ModelMeta:
     meta = json.load(f)
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-  return ModelMeta(model=ModelConfig.from_dict(meta["model"]), settings=meta.get("settings", {}), directory=directory)
-
-
-def copy_tokenizer(src_dir: str, directory: str) -> list[str]:
-  dst = os.path.join(directory, TOKENIZER_DIR)
-  os.makedirs(dst, exist_ok=True)
-  copied = []
-  for name in TOKENIZER_FILES:
-    if os.path.exists(os.path.join(src_dir, name)):
-      shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst, name))
-      copied.append(name)
-  return copied
+  return ModelMeta(model=ModelConfig.from_dict(meta["model"]), head=HeadConfig(**meta["head"]),
+                   settings=meta.get("settings", {}), directory=directory)
 
 
 def save_params(directory: str, params: Mapping[str, Any]) -> None:
@@ -87,11 +76,12 @@ def restore_params(directory: str, abstract: Mapping[str, Any]) -> Any:
     return ckptr.restore(path, abstract)
 
 
-def abstract_params(cfg: ModelConfig, options: RuntimeOptions, mesh=None) -> tuple[nnx.GraphDef, nnx.State, Any]:
-  """GraphDef, abstract State, and a pure-dict tree of ShapeDtypeStructs carrying each parameter's sharding
-  (one device when `mesh` is None)."""
-  abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, options, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
+def abstract_params(cfg: ModelConfig, options: RuntimeOptions = RuntimeOptions(), head: HeadConfig = HeadConfig(),
+                    mesh=None) -> tuple[nnx.GraphDef, nnx.State, Any]:
+  """GraphDef, abstract parameter State, and a pure-dict tree of ShapeDtypeStructs carrying each parameter's
+  sharding (one device when `mesh` is None)."""
+  abstract = nnx.eval_shape(lambda: RewardModel(cfg, options, head, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract, nnx.Param)
   values = nnx.to_pure_dict(state)
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -102,12 +92,21 @@ def abstract_params(cfg: ModelConfig, options: RuntimeOptions, mesh=None) -> tup
   return graphdef, state, tree
 
 
-def load_model(directory: str, options: RuntimeOptions = RuntimeOptions(), mesh=None) -> tuple[Qwen25VL, ModelMeta]:
-  """The backbone stored in a model directory, with parameters cast to `options.param_dtype`."""
+def build_model(cfg: ModelConfig, params: Mapping[str, Any], options: RuntimeOptions = RuntimeOptions(),
+                head: HeadConfig = HeadConfig()) -> RewardModel:
+  """A RewardModel holding `params` (nested dict of arrays), without initialising anything."""
+  graphdef, state, abstract = abstract_params(cfg, options, head)
+  params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, abstract)
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state)
+
+
+def load_model(directory: str, options: RuntimeOptions = RuntimeOptions(), mesh=None
+               ) -> tuple[RewardModel, ModelMeta]:
+  """The reward model stored in a model directory, parameters cast to `options.param_dtype` (heads stay float32)."""
   meta = read_meta(directory)
-  graphdef, state, abstract = abstract_params(meta.model, options, mesh)
+  graphdef, state, abstract = abstract_params(meta.model, options, meta.head, mesh)
   params = restore_params(directory, abstract)
   params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, abstract)
   nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state), meta
-

@@ -34,4 +34,4 @@ def tiny_ckpt(tiny_hf_dir, tmp_path_factory):
 def tiny_jax(tiny_ckpt):
   from editreward_jax.checkpoints import load_model
   model, _ = load_model(tiny_ckpt)
-  return model
+  return model.backbone

@@ -19,11 +19,9 @@ from torch_reference import image_tokens, random_pixels
 
 
 def build(cfg, params):
-  model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
-  state = nnx.state(model)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0))))
   nnx.replace_by_pure_dict(state, params)
-  nnx.update(model, state)
-  return model
+  return nnx.merge(graphdef, state)
 
 
 def main(hf_dir: str) -> None:

@@ -52,8 +52,9 @@ def in_memory_tensors(tiny_torch):
 
 
 def params_of(ckpt: str):
+  """Backbone parameters (NumPy) and metadata of a model directory."""
   model, meta = checkpoints.load_model(ckpt)
-  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model))), meta
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param))), meta
 
 
 def assert_trees_equal(a, b):
@@ -89,7 +90,7 @@ def test_bf16_checkpoint_keeps_its_dtype(tiny_hf_dir, tiny_torch, tmp_path):
   ckpt = from_hf.import_hf(hf, str(tmp_path / "ckpt"))
   with ocp.StandardCheckpointer() as c:
     stored = c.metadata(os.path.abspath(os.path.join(ckpt, checkpoints.PARAMS_DIR))).item_metadata
-  assert stored["decoder"]["layers"]["mlp"]["up_proj"]["kernel"].dtype == ml_dtypes.bfloat16
+  assert stored["backbone"]["decoder"]["layers"]["mlp"]["up_proj"]["kernel"].dtype == ml_dtypes.bfloat16
   params, _ = params_of(ckpt)
   np.testing.assert_array_equal(params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"][0],
                                 bf16["model.language_model.layers.0.mlp.up_proj.weight"].T.astype(np.float32))

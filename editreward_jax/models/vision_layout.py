@@ -149,24 +149,31 @@ def build_vision_batch(pixel_values: np.ndarray | None, grid_thw: np.ndarray, cf
                      image_lengths=image_lengths, slot_to_image=slot_to_image, unit_slots=unit_slots)
 
 
-def image_token_slots(input_ids: np.ndarray, image_token_id: int, batch: VisionBatch | None,
-                      num_units: int | None = None) -> np.ndarray:
+def image_runs(row: np.ndarray, image_token_id: int) -> list[tuple[int, int]]:
+  """[start, end) of each run of consecutive image tokens in one row of token ids."""
+  is_image = np.concatenate([[False], np.asarray(row) == image_token_id, [False]])
+  edges = np.flatnonzero(np.diff(is_image.astype(np.int8)))
+  return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def image_token_slots(input_ids: np.ndarray, lengths: np.ndarray, image_token_id: int, batch: VisionBatch | None,
+                      units_per_image: Sequence[int], image_refs: Sequence[Sequence[int]]) -> np.ndarray:
   """[B, L] int32: for each `<|image_pad|>` token, the merged-unit slot whose feature goes there; -1 elsewhere.
 
-  Image tokens are matched to merged units in reading order (row-major over the batch), as transformers does.
-  `num_units` is the real number of merged units (without bucket padding); it defaults to all of `unit_slots`.
+  The k-th run of image tokens in row r shows image `image_refs[r][k]` (an index into the images of `batch`), so
+  one encoded image can feed several rows (vision dedup). Each run must have exactly that image's unit count.
   """
-  input_ids = np.asarray(input_ids)
-  is_image = input_ids == image_token_id
-  n_tokens = int(is_image.sum())
-  out = np.full(input_ids.shape, -1, np.int32)
-  if batch is None:
-    if n_tokens:
-      raise ValueError(f"input has {n_tokens} image tokens but no images")
-    return out
-  n_units = len(batch.unit_slots) if num_units is None else num_units
-  if n_tokens != n_units:
-    raise ValueError(f"image features and image tokens do not match: {n_tokens} image tokens, {n_units} merged "
-                     "image units")
-  out[is_image] = batch.unit_slots[:n_units]
+  out = np.full(np.shape(input_ids), -1, np.int32)
+  offsets = np.concatenate([[0], np.cumsum(units_per_image, dtype=np.int64)])
+  for r, (row, n) in enumerate(zip(np.asarray(input_ids), lengths)):
+    runs = image_runs(row[:n], image_token_id)
+    if len(runs) != len(image_refs[r]):
+      raise ValueError(f"row {r}: {len(runs)} runs of image tokens but {len(image_refs[r])} images referenced")
+    for (start, end), img in zip(runs, image_refs[r]):
+      if batch is None or not 0 <= img < len(units_per_image):
+        raise ValueError(f"row {r}: image {img} referenced, but the batch has {len(units_per_image)} images")
+      if end - start != units_per_image[img]:
+        raise ValueError(f"image features and image tokens do not match: row {r} has a run of {end - start} image "
+                         f"tokens for image {img}, which has {units_per_image[img]} merged units")
+      out[r, start:end] = batch.unit_slots[offsets[img]:offsets[img + 1]]
   return out
