@@ -27,7 +27,7 @@ from editreward_jax import checkpoints, processing
 from editreward_jax.models import positions
 from editreward_jax.models.config import ModelConfig, from_hf_dict
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
-from editreward_jax.prompts import DIMENSIONS
+from editreward_jax.prompts import DIMENSIONS, load_prompts
 from editreward_jax.reward import FUSIONS, HeadConfig, RewardHead
 
 EMBED_KEY = "model.language_model.embed_tokens.weight"
@@ -191,18 +191,23 @@ def reward_reader(path: str) -> CheckpointReader:
 
 
 def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_dtype: str = "auto",
-              rope_mode: str = "sequential", fusion: str = "mean", seed: int = 0, mesh=None) -> str:
+              rope_mode: str = "sequential", fusion: str = "mean", prompts_file: str | None = None,
+              min_pixels: int = processing.DEFAULT_PIXELS, max_pixels: int = processing.DEFAULT_PIXELS,
+              seed: int = 0, mesh=None) -> str:
   """Writes a model directory at `out` from the Hugging Face directory `base`; returns `out`.
 
   With `reward_weights` (a released EditReward `model.safetensors`), backbone and heads come from that file; without,
   the backbone comes from `base` and the heads are freshly initialised from `seed` (a starting point for training).
   The base tokenizer gets `<|Reward|>` (id = its original length); the token tables are cut to the tokenizer's
-  length as the reference's resize does.
+  length as the reference's resize does. The prompts (the project's default rubric unless `prompts_file`), image
+  resolution, position mode and fusion are recorded so that scoring needs nothing else.
   """
   if rope_mode not in positions.ROPE_MODES:
     raise ValueError(f"unknown rope mode {rope_mode!r}; choose one of {positions.ROPE_MODES}")
   if fusion not in FUSIONS:
     raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
+  processing.check_pixel_bounds(min_pixels, max_pixels)
+  prompts = load_prompts(prompts_file)
   tokenizer = tokenizer_with_reward(base)
   reader = reward_reader(reward_weights) if reward_weights else None
   cfg, backbone = load_backbone(base, param_dtype=param_dtype, mesh=mesh, reader=reader,
@@ -214,14 +219,11 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
     rngs = nnx.Rngs(seed)
     heads = {d: nnx.to_pure_dict(nnx.state(RewardHead(cfg.text.hidden_size, HeadConfig(), rngs), nnx.Param))
              for d in DIMENSIONS}
-  os.makedirs(out, exist_ok=True)
-  checkpoints.save_params(out, {"backbone": backbone, "heads": heads})
-  if tokenizer is not None:
-    tokenizer.save_pretrained(os.path.join(out, checkpoints.TOKENIZER_DIR))
-  settings = {"rope_mode": rope_mode, "fusion": fusion, "source": os.path.abspath(base),
+  settings = {"rope_mode": rope_mode, "fusion": fusion, "prompts": prompts.to_dict(), "min_pixels": min_pixels,
+              "max_pixels": max_pixels, "source": os.path.abspath(base),
               "reward_weights": os.path.abspath(reward_weights) if reward_weights else None,
               "heads": "released" if reward_weights else f"initialised (seed {seed})"}
-  checkpoints.write_meta(out, cfg, HeadConfig(), settings)
+  checkpoints.save_model_dir(out, {"backbone": backbone, "heads": heads}, cfg, HeadConfig(), settings, tokenizer)
   return out
 
 
@@ -232,8 +234,8 @@ def main(argv: Sequence[str]) -> None:
   start = time.time()
   try:
     import_hf(f.base, f.out, reward_weights=f.reward_weights, param_dtype=f.param_dtype, rope_mode=f.rope_mode,
-              fusion=f.fusion)
-  except (FileNotFoundError, ValueError) as e:
+              fusion=f.fusion, prompts_file=f.prompts, min_pixels=f.min_pixels, max_pixels=f.max_pixels)
+  except (OSError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
   print(f"wrote {f.out} in {time.time() - start:.1f}s")
 
@@ -245,6 +247,10 @@ def define_flags() -> None:
   flags.DEFINE_string("reward_weights", None, "A released EditReward model.safetensors (backbone and rm_heads) that "
                       "replaces the base weights; without it the heads are freshly initialised.")
   flags.DEFINE_enum("fusion", "mean", list(FUSIONS), "How the two dimensions' outputs are fused.")
+  flags.DEFINE_string("prompts", None, "Prompts file (JSON with instruction_following, visual_quality, suffix) to "
+                      "record with the model; default: the project's rubric.")
+  flags.DEFINE_integer("min_pixels", processing.DEFAULT_PIXELS, "Images are resized to at least this many pixels.")
+  flags.DEFINE_integer("max_pixels", processing.DEFAULT_PIXELS, "Images are resized to at most this many pixels.")
   flags.DEFINE_enum("param_dtype", "auto", ["auto", "float32", "bfloat16"],
                     "Stored parameter dtype; auto keeps the checkpoint's.")
   flags.DEFINE_enum("rope_mode", "sequential", list(positions.ROPE_MODES),

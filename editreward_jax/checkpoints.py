@@ -49,6 +49,15 @@ def write_meta(directory: str, cfg: ModelConfig, head: HeadConfig, settings: Map
     json.dump(meta, f, indent=2, sort_keys=True)
 
 
+def resolve(checkpoint: str) -> str:
+  """The model directory a CKPT argument names."""
+  if not os.path.isdir(checkpoint):
+    raise FileNotFoundError(f"checkpoint {checkpoint!r} is not a directory")
+  if not os.path.exists(os.path.join(checkpoint, META_FILE)):
+    raise FileNotFoundError(f"{checkpoint} is not a model directory ({META_FILE} is missing)")
+  return checkpoint
+
+
 def read_meta(directory: str) -> ModelMeta:
   path = os.path.join(directory, META_FILE)
   if not os.path.exists(path):
@@ -67,6 +76,17 @@ def save_params(directory: str, params: Mapping[str, Any]) -> None:
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, params, force=True)
     ckptr.wait_until_finished()
+
+
+def save_model_dir(directory: str, params: Mapping[str, Any], cfg: ModelConfig, head: HeadConfig,
+                   settings: Mapping[str, Any], tokenizer=None) -> str:
+  """Writes a complete model directory: parameters {"backbone", "heads"}, tokenizer (if given) and metadata."""
+  os.makedirs(directory, exist_ok=True)
+  save_params(directory, params)
+  if tokenizer is not None:
+    tokenizer.save_pretrained(os.path.join(directory, TOKENIZER_DIR))
+  write_meta(directory, cfg, head, settings)  # last: its presence marks a complete directory
+  return directory
 
 
 def restore_params(directory: str, abstract: Mapping[str, Any]) -> Any:

@@ -1,0 +1,106 @@
+"""Host-side collation of processed edits and pairs into fixed-shape reward-model batches.
+
+A batch is a list of rows (one prompt each: token ids, the images it shows, the `<|Reward|>` position, the quality
+dimension) plus the distinct images they show. With `dedup`, an image that several rows show (the source image of
+both prompts and both candidates, the edited image of both prompts) is laid out, and so encoded, once: a scored edit
+has 2 distinct images for 2 rows, a training pair 3 for 4 rows. Sizes are padded to a few buckets (`BatchShape`),
+so a run compiles a handful of programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from editreward_jax.models import inputs, vision_layout
+from editreward_jax.models.config import ModelConfig
+from editreward_jax.processing import ProcessedExample, ProcessedImage
+from editreward_jax.prompts import DIMENSIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  tokens: np.ndarray        # [L] int32
+  images: tuple[int, ...]   # index into the batch's image table, one per image-token run
+  reward_index: int         # position of <|Reward|>
+  dimension: int            # index into DIMENSIONS
+
+
+class ImageTable:
+  """The distinct images of a batch, in insertion order; `add` returns an image's index."""
+
+  def __init__(self, dedup: bool = True):
+    self.dedup = dedup
+    self.images: list[ProcessedImage] = []
+    self._index: dict[Hashable, int] = {}
+
+  def add(self, image: ProcessedImage, key: Hashable | None = None) -> int:
+    """`key` identifies equal images (default: the pixel bytes); without dedup every call adds a copy."""
+    if self.dedup:
+      key = (image.pixel_values.tobytes(), tuple(image.grid_thw)) if key is None else key
+      if key in self._index:
+        return self._index[key]
+      self._index[key] = len(self.images)
+    self.images.append(image)
+    return len(self.images) - 1
+
+
+def edit_rows(example: ProcessedExample, table: ImageTable, keys: Sequence[Hashable | None] = (None, None)
+              ) -> list[Row]:
+  """One scored edit: a row per dimension, each showing (source, edited)."""
+  refs = tuple(table.add(im, k) for im, k in zip(example.images, keys))
+  return [Row(example.prompts[d], refs, example.reward_index[d], i) for i, d in enumerate(DIMENSIONS)]
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+  """Next power of two >= max(n, minimum): at most log2 distinct sizes."""
+  n = max(n, minimum)
+  return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+  """Static sizes of a collated batch. None: the bucket of the actual size."""
+  rows: int | None = None
+  seq_len: int | None = None
+  images: int | None = None
+  windows: int | None = None
+  patches: int | None = None
+  units: int | None = None
+  seq_multiple: int = 64  # sequence lengths are rounded up to a multiple of this, then to a power-of-two count
+
+
+def _seq_bucket(n: int, multiple: int) -> int:
+  return bucket(-(-n // multiple)) * multiple
+
+
+def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mode: str,
+            shape: BatchShape = BatchShape(), pad_id: int = 0) -> dict[str, Any]:
+  """NumPy arrays for `RewardModel.__call__`: {"batch", "reward_index", "dimension", "row_valid"}."""
+  images = table.images
+  n_rows = shape.rows or bucket(len(rows))
+  seq_len = shape.seq_len or _seq_bucket(max(len(r.tokens) for r in rows), shape.seq_multiple)
+  grids = np.array([im.grid_thw for im in images], np.int64).reshape(-1, 3)
+  pixels = np.concatenate([im.pixel_values for im in images]) if images else None
+  vision_buckets = {}
+  if images:
+    max_patches = max(int(h * w) for _, h, w in grids)
+    windows = vision_layout.num_windows(grids, cfg.vision)
+    units = int(sum(h * w for _, h, w in grids)) // cfg.vision.merge_unit
+    vision_buckets = {
+        "images_bucket": [shape.images or bucket(len(images))],
+        "windows_bucket": [shape.windows or bucket(windows)],
+        "patches_bucket": [shape.patches or bucket(max_patches)],
+        "units_bucket": [shape.units or bucket(units)],
+    }
+  batch = inputs.make_batch([r.tokens for r in rows], cfg, pixel_values=pixels, image_grid_thw=grids,
+                            image_refs=[list(r.images) for r in rows], rope_mode=rope_mode, seq_len=seq_len,
+                            num_rows=n_rows, pad_id=pad_id, vision_buckets=vision_buckets)
+  reward_index = np.zeros(n_rows, np.int32)
+  dimension = np.zeros(n_rows, np.int32)
+  valid = np.zeros(n_rows, bool)
+  for i, r in enumerate(rows):
+    reward_index[i], dimension[i], valid[i] = r.reward_index, r.dimension, True
+  return {"batch": batch, "reward_index": reward_index, "dimension": dimension, "row_valid": valid}

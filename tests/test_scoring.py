@@ -1,0 +1,120 @@
+"""The scoring API and CLI on a tiny random reward model (JAX only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+from flax import nnx
+
+from configs.presets import TINY
+from editreward_jax import checkpoints, load_scorer, processing
+from editreward_jax.prompts import load_prompts
+from editreward_jax.reward import HeadConfig, RewardModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = [(70, 50), (112, 112), (40, 150), (90, 64)]
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("reward_tiny"))
+  model = RewardModel(TINY, rngs=nnx.Rngs(0))
+  tokenizer = processing.load_tokenizer(os.path.join(REPO, "data", "tiny_tokenizer"))
+  settings = {"rope_mode": "sequential", "fusion": "mean", "min_pixels": 56 * 56, "max_pixels": 112 * 112}
+  return checkpoints.save_model_dir(out, nnx.to_pure_dict(nnx.state(model, nnx.Param)), TINY, HeadConfig(), settings,
+                                    tokenizer)
+
+
+@pytest.fixture(scope="module")
+def edits(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("edits")
+  rng = np.random.default_rng(0)
+  rows = []
+  for i, (w, h) in enumerate(SIZES):
+    for name in ("src", "edit"):
+      PIL.Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{name}{i}.png")
+    rows.append({"id": f"e{i}", "instruction": f"make the square number {i} red",
+                 "source_image": f"src{i}.png", "edited_image": str(folder / f"edit{i}.png")})
+  rows.append({**rows[0], "id": "same_source", "edited_image": "edit2.png"})  # shares a source with e0
+  path = folder / "edits.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path, rows
+
+
+def _args(path, rows):
+  folder = path.parent
+  resolve = lambda p: p if os.path.isabs(p) else str(folder / p)
+  return ([r["instruction"] for r in rows], [resolve(r["source_image"]) for r in rows],
+          [resolve(r["edited_image"]) for r in rows])
+
+
+def test_scores_are_independent_of_batching_and_dedup(reward_dir, edits):
+  args = _args(*edits)
+  ref = load_scorer(reward_dir, batch_size=8, dedup=False).score(*args)
+  assert ref.mu.shape == (len(args[0]),) and np.isfinite(ref.mu).all()
+  for batch_size, dedup in [(1, True), (3, True), (8, True)]:
+    got = load_scorer(reward_dir, batch_size=batch_size, dedup=dedup).score(*args)
+    np.testing.assert_allclose(got.mu, ref.mu, rtol=0, atol=1e-6)
+    for d in got.dims:
+      np.testing.assert_allclose(got.dims[d][1], ref.dims[d][1], rtol=0, atol=1e-6)
+  # edits with different images get different scores (the images reach the heads)
+  assert len(set(np.round(ref.mu, 6))) == len(ref.mu)
+
+
+def test_fusion_and_overrides(reward_dir, edits, tmp_path):
+  args = _args(*edits)
+  scorer = load_scorer(reward_dir)
+  mean = scorer.score(*args)
+  (mu0, ls0), (mu1, ls1) = mean.dims.values()
+  np.testing.assert_allclose(mean.mu, (mu0 + mu1) / 2, atol=1e-6)
+  np.testing.assert_allclose(load_scorer(reward_dir, fusion="min").score(*args).mu, np.minimum(mu0, mu1), atol=1e-6)
+  summed = load_scorer(reward_dir, fusion="sum").score(*args)
+  np.testing.assert_allclose(summed.log_sigma, 0.5 * np.log(np.exp(2 * ls0) + np.exp(2 * ls1)), atol=1e-5)
+  mrope = load_scorer(reward_dir, rope_mode="mrope").score(*args)
+  assert np.abs(mrope.mu - mean.mu).max() > 1e-6
+  prompts = load_prompts().to_dict()
+  prompts["visual_quality"] = "Rate the picture quality for: {instruction}"
+  (tmp_path / "p.json").write_text(json.dumps(prompts))
+  other = load_scorer(reward_dir, prompts=str(tmp_path / "p.json")).score(*args)
+  np.testing.assert_allclose(other.dims["instruction_following"][0], mu0, atol=1e-6)
+  assert np.abs(other.dims["visual_quality"][0] - mu1).max() > 1e-6
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "launch.score", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_writes_one_row_per_edit(reward_dir, edits, tmp_path):
+  path, rows = edits
+  out = tmp_path / "scores.jsonl"
+  run = run_cli(f"--checkpoint={reward_dir}", f"--input={path}", f"--output={out}", "--batch_size=2")
+  assert run.returncode == 0, run.stderr[-2000:]
+  written = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [w["id"] for w in written] == [r["id"] for r in rows]
+  assert set(written[0]) == {"id", "mu", "log_sigma", "instruction_following", "visual_quality"}
+  api = load_scorer(reward_dir).score(*_args(path, rows))
+  np.testing.assert_allclose([w["mu"] for w in written], api.mu, atol=1e-6)
+
+
+def test_bad_image_names_file_line_and_field(reward_dir, edits, tmp_path):
+  path, rows = edits
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  bad = tmp_path / "bad.jsonl"
+  bad_rows = [dict(rows[0], source_image=str(path.parent / "src0.png"), edited_image=str(path.parent / "edit0.png")),
+              dict(rows[1], id="x", source_image=str(path.parent / "src1.png"), edited_image="broken.png")]
+  bad.write_text("".join(json.dumps(r) + "\n" for r in bad_rows))
+  run = run_cli(f"--checkpoint={reward_dir}", f"--input={bad}", f"--output={tmp_path / 'o.jsonl'}")
+  assert run.returncode != 0
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith("error:") and "bad.jsonl line 2" in last and "edited_image" in last
+
+
+def test_not_a_model_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match="editreward.json"):
+    load_scorer(str(tmp_path))
