@@ -51,7 +51,7 @@ def canonical_index(reader: CheckpointReader) -> dict[str, str]:
   for key in reader.keys():
     canon = hf_keys.canonical_key(key)
     if canon in index:
-      raise CheckpointMismatchError(f"{reader.directory}: {key!r} and {index[canon]!r} are the same parameter")
+      raise CheckpointMismatchError(f"{reader.source}: {key!r} and {index[canon]!r} are the same parameter")
     index[canon] = key
   return index
 
@@ -82,7 +82,7 @@ def check_tensors(reader: CheckpointReader, index: dict[str, str], cfg: ModelCon
   if misshaped:
     problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
   if problems:
-    raise CheckpointMismatchError(f"{reader.directory}: checkpoint does not match the model config:\n  " +
+    raise CheckpointMismatchError(f"{reader.source}: checkpoint does not match the model config:\n  " +
                                   "\n  ".join(problems))
 
 
@@ -161,7 +161,8 @@ def load_specs(reader: CheckpointReader, index: dict[str, str], specs: Sequence[
 
 
 def load_heads(reader: CheckpointReader, abstract: dict) -> dict:
-  """The reward heads of a released EditReward state dict (rm_heads.head_{0,1}.{0,3,5}.*), in float32."""
+  """The reward heads {dimension: ...} of a released EditReward state dict (rm_heads.head_{0,1}.{0,3,5}.*), in
+  float32; `abstract` is the whole model's tree, as the head specs' paths start at "heads"."""
   index = canonical_index(reader)
   specs = hf_keys.head_specs(DIMENSIONS)
   missing = [k for spec in specs for k in spec.hf_keys() if k not in index]
@@ -169,9 +170,9 @@ def load_heads(reader: CheckpointReader, abstract: dict) -> dict:
                f"found {reader.shape(index[spec.hf_key])}" for spec in specs if spec.hf_key in index and
                reader.shape(index[spec.hf_key]) != hf_keys.hf_shape(spec, _lookup(abstract, spec.path).shape, None)]
   if missing or misshaped:
-    raise CheckpointMismatchError(f"{reader.directory}: reward heads do not match: missing keys {missing}; "
+    raise CheckpointMismatchError(f"{reader.source}: reward heads do not match: missing keys {missing}; "
                                   f"mis-shaped keys {misshaped}")
-  return load_specs(reader, index, specs, abstract)
+  return load_specs(reader, index, specs, abstract)["heads"]
 
 
 def tokenizer_with_reward(base: str):
@@ -214,7 +215,7 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
                                 vocab_size=None if tokenizer is None else len(tokenizer))
   _, _, abstract = checkpoints.abstract_params(cfg, RuntimeOptions(), mesh=mesh)
   if reader is not None:
-    heads = load_heads(reader, abstract["heads"])
+    heads = load_heads(reader, abstract)
   else:
     rngs = nnx.Rngs(seed)
     heads = {d: nnx.to_pure_dict(nnx.state(RewardHead(cfg.text.hidden_size, HeadConfig(), rngs), nnx.Param))

@@ -88,6 +88,7 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
   return specs
 
 
+SETTINGS_FILE = "editreward_settings.json"  # beside an exported model.safetensors: how to score with it (to_torch)
 REWARD_HEAD_LAYERS = (("fc0", "0"), ("fc3", "3"), ("fc5", "5"))  # torch Sequential indices of the Linear layers
 
 

@@ -69,6 +69,7 @@ class CheckpointReader:
 
   def __init__(self, directory: str, filename: str | None = None):
     self.directory = directory
+    self.source = os.path.join(directory, filename) if filename else directory  # what error messages name
     index_path = os.path.join(directory, INDEX_FILE)
     if filename is not None:
       files = {filename: None}
@@ -103,8 +104,13 @@ class CheckpointReader:
 
 def save_file(tensors: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], path: str,
               metadata: Mapping[str, str] | None = None) -> None:
-  """Writes tensors (any order given; stored sorted by name) as one safetensors file."""
-  items = sorted(tensors.items() if isinstance(tensors, Mapping) else tensors)
+  """Writes tensors as one safetensors file: a Mapping sorted by name, (name, array) pairs in their order.
+
+  An array may be lazy: any object with `shape`, `dtype` and `size` that `np.asarray` turns into its data is read only
+  when its bytes are written, so a file larger than memory streams (convert.to_torch orders its pairs so that each
+  stored parameter is read once).
+  """
+  items = sorted(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
   header: dict = {"__metadata__": dict(metadata)} if metadata else {}
   offset = 0
   for key, arr in items:

@@ -7,7 +7,6 @@ compiles a handful of programs whatever the image sizes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -24,23 +23,7 @@ from editreward_jax.models import positions
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.prompts import DIMENSIONS, Prompts, load_prompts, prompts_from_dict
 from editreward_jax.reward import FUSIONS, RewardModel, fuse
-
-
-@dataclasses.dataclass
-class Scores:
-  """Fused and per-dimension (mu, log_sigma) of N edits; the score of an edit is `mu` (higher is better)."""
-  mu: np.ndarray
-  log_sigma: np.ndarray
-  dims: dict[str, tuple[np.ndarray, np.ndarray]]
-
-  def __len__(self) -> int:
-    return len(self.mu)
-
-  def row(self, i: int) -> dict[str, Any]:
-    out = {"mu": float(self.mu[i]), "log_sigma": float(self.log_sigma[i])}
-    for d, (mu, ls) in self.dims.items():
-      out[d] = {"mu": float(mu[i]), "log_sigma": float(ls[i])}
-    return out
+from editreward_jax.scores import Scores  # re-exported: scoring.Scores
 
 
 @nnx.jit
