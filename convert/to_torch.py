@@ -39,7 +39,7 @@ from convert.hf_keys import SETTINGS_FILE
 from convert.safetensors_io import SINGLE_FILE, save_file
 from editreward_jax import checkpoints, processing
 from editreward_jax.models.config import ModelConfig, to_hf_dict
-from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN, load_prompts, prompts_from_dict
+from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN
 
 SETTINGS_VERSION = 1
 LM_HEAD_KEY = "lm_head.weight"
@@ -136,17 +136,14 @@ def _hf_tensor(restore: ParamRestorer, path: tuple[str, ...], spec: hf_keys.Para
 def export_settings(meta: checkpoints.ModelMeta, reward_token_id: int) -> dict[str, Any]:
   """The scoring settings a PyTorch user needs besides weights, config and tokenizer."""
   s = meta.settings
-  recorded, where = s.get("prompts"), os.path.join(meta.directory, checkpoints.META_FILE)
-  prompts = prompts_from_dict(recorded, where) if recorded else load_prompts()
   return {
       "format_version": SETTINGS_VERSION,
       "head": dataclasses.asdict(meta.head),
       "head_index": {d: i for i, d in enumerate(DIMENSIONS)},  # dimension -> i of rm_heads.head_{i}
       "fusion": s.get("fusion", "mean"),
       "rope_mode": s.get("rope_mode", "sequential"),
-      "prompts": prompts.to_dict(),
-      "min_pixels": s.get("min_pixels", processing.DEFAULT_PIXELS),
-      "max_pixels": s.get("max_pixels", processing.DEFAULT_PIXELS),
+      "prompts": meta.prompts().to_dict(),
+      **meta.pixels(),
       "reward_token": REWARD_TOKEN,
       "reward_token_id": reward_token_id,
   }

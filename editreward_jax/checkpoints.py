@@ -21,6 +21,8 @@ from flax import nnx
 from editreward_jax import sharding
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
+from editreward_jax.processing import DEFAULT_PIXELS
+from editreward_jax.prompts import Prompts, load_prompts, prompts_from_dict
 from editreward_jax.reward import HeadConfig, RewardModel
 
 FORMAT_VERSION = 1
@@ -40,6 +42,15 @@ class ModelMeta:
   def tokenizer_dir(self) -> str | None:
     path = os.path.join(self.directory, TOKENIZER_DIR)
     return path if os.path.isdir(path) else None
+
+  def prompts(self) -> Prompts:
+    """The rubric recorded with the model (the project's default when none was)."""
+    recorded = self.settings.get("prompts")
+    return prompts_from_dict(recorded, os.path.join(self.directory, META_FILE)) if recorded else load_prompts()
+
+  def pixels(self) -> dict[str, int]:
+    """min_pixels / max_pixels of the image resize the model was trained or imported with."""
+    return {k: self.settings.get(k, DEFAULT_PIXELS) for k in ("min_pixels", "max_pixels")}
 
 
 def write_meta(directory: str, cfg: ModelConfig, head: HeadConfig, settings: Mapping[str, Any]) -> None:

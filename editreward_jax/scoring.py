@@ -21,7 +21,7 @@ from flax import nnx
 from editreward_jax import batching, checkpoints, processing
 from editreward_jax.models import positions
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
-from editreward_jax.prompts import DIMENSIONS, Prompts, load_prompts, prompts_from_dict
+from editreward_jax.prompts import DIMENSIONS, Prompts, load_prompts
 from editreward_jax.reward import FUSIONS, RewardModel, fuse
 from editreward_jax.scores import Scores  # re-exported: scoring.Scores
 
@@ -95,15 +95,11 @@ def load_scorer(checkpoint: str, *, prompts: str | Prompts | None = None, rope_m
     raise ValueError(f"{model_dir} has no tokenizer/ directory: scoring needs the tokenizer")
   if isinstance(prompts, (str, os.PathLike)):
     prompts = load_prompts(prompts)
-  elif prompts is None:
-    recorded = meta.settings.get("prompts")
-    prompts = prompts_from_dict(recorded, f"{model_dir}/{checkpoints.META_FILE}") if recorded else load_prompts()
+  prompts = prompts or meta.prompts()
   model, _ = checkpoints.load_model(model_dir, options or RuntimeOptions())
   tokenizer = processing.load_tokenizer(meta.tokenizer_dir)
-  pixels = dict(min_pixels=meta.settings.get("min_pixels", processing.DEFAULT_PIXELS),
-                max_pixels=meta.settings.get("max_pixels", processing.DEFAULT_PIXELS))
   processor = processing.Processor(tokenizer, prompts, patch_size=meta.model.vision.patch_size,
                                    merge_size=meta.model.vision.spatial_merge_size,
-                                   temporal_patch_size=meta.model.vision.temporal_patch_size, **pixels)
+                                   temporal_patch_size=meta.model.vision.temporal_patch_size, **meta.pixels())
   return Scorer(model, processor, rope_mode=rope_mode or meta.settings.get("rope_mode", "sequential"),
                 fusion=fusion or meta.settings.get("fusion", "mean"), batch_size=batch_size, dedup=dedup)
