@@ -100,6 +100,8 @@ class RowSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self):  # also ends plain iteration, which ArrayRecord would answer with a ValueError
+      raise IndexError(f"row {index} is outside {self!r}")
     return _to_python(self._source[index], self._plan)
 
   def __repr__(self) -> str:

@@ -106,7 +106,6 @@ class VisionTower(nnx.Module):
                attention_impl: str = "xla", rngs: nnx.Rngs):
     cfg.validate()
     self.cfg = cfg
-    self.dtype = dtype
     self.remat = remat
     self.attention_impl = attention_impl
     self.patch_embed = layers.Linear(cfg.patch_dim, cfg.hidden_size, ("vis_patch", "vis_embed"), use_bias=False,

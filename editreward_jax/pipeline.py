@@ -1,0 +1,546 @@
+"""Grain input pipeline for training: pair rows -> tie-disentangled pairs -> processed pairs -> fixed-shape batches.
+
+Stages (`pair_dataset` builds them; `iter(dataset)` gives a checkpointable `PairBatchIterator`):
+
+  MapDataset.range(rows)[shard.index::shard.count]   this host's rows (strided over jax.process_index/count)
+  -> flat map row -> pairs (max fan-out 2)           `pairs.pairs_from_row` with the config's tie policy; row checks
+  -> shuffle(seed) -> repeat(num_epochs)             a new order every epoch, the same orders for the same seed
+  -> map: decode, resize, patchify, tokenize         3 images and 4 prompts per pair (runs on Grain read threads)
+  -> to_iter_dataset -> batch P pairs -> collate     static shapes from the bucket sets
+  -> mp_prefetch(workers) -> thread prefetch         0 workers: everything in this process
+  -> PairBatchIterator                               skip totals, get_state/set_state
+
+Shuffling comes after the flat map so that the two pairs of a tie are spread apart and the empty fan-out slots of
+non-tie rows spread evenly over worker processes (Grain hands worker w the elements w, w + W, ...; without shuffling,
+an even worker count leaves the odd workers only the second pairs of ties).
+
+Batch layout (P = `batch_pairs` pairs, D = 2 quality dimensions in head order, R = 4P rows):
+- rows: pair p owns rows 4p..4p+3 = (A, dim 0), (A, dim 1), (B, dim 0), (B, dim 1); A is the preferred candidate.
+  So the model's [R, 2] output reshapes to [P, 2 (A, B), D, 2 (mu, log_sigma)].
+- images: pair p owns images 3p, 3p+1, 3p+2 = source, A, B (no dedup across pairs, so the count is static); rows of
+  candidate A show (3p, 3p+1), rows of B show (3p, 3p+2). Padded pairs have no images and zero-length rows.
+- keys: "batch", "reward_index", "dimension", "row_valid" as `batching.collate` makes them (the model's inputs;
+  "dimension" follows the row layout on padded rows too, so it is the same [0, 1, 0, 1, ...] in every batch);
+  "pair_valid" [P] bool; "labels" [P, D] int32 (+1 A better on that dimension, -1 worse, 0 equal); "pair_weight"
+  [P] float32 (0 for padding, `tie_weight` for pairs made from a tie, else 1); "tie" [P] bool; "source_row" [P]
+  int64 (index into the source, -1 for padding); "metrics": host-only numbers, not model inputs: "skipped"
+  [len(SKIP_REASONS)] int64 (bad rows skipped while this batch was assembled), "pairs" (valid pairs),
+  "token_padding" and "patch_padding" (padded fraction of the [R, seq_len] token grid and of the vision patch slots).
+- static shapes: seq_len is the smallest of `seq_buckets` that fits the batch's longest row; vision patch slots the
+  smallest of `patch_buckets` (multiples of one attention window's patches) or, with none given, one window's
+  patches times the next power of two of the window count; merged units = slots / merge_unit; patches per image
+  (full-attention blocks) the next power of two of the largest image's.
+The last batch of a finite run is padded (pair_valid False); with several worker processes each worker's last one is.
+
+Bad rows (`bad_rows`): "raise" raises `DataError` naming the source, the row (and its key) and the field; "skip"
+drops the row, logs why, and counts it under one of SKIP_REASONS. Counts travel inside the batches (metrics.skipped)
+from whichever process found them, so `PairBatchIterator.skipped` totals are exact: each bad row is counted once per
+epoch that reads it (a tie row's second pair fails exactly like its first and is not counted again). Images are
+checked from their header (size, aspect) before any pixel is decoded. No prompt is ever truncated: one longer than
+the largest sequence bucket makes its row bad.
+
+Checkpoints: `PairBatchIterator.get_state()` is a JSON-serialisable dict (Grain's iterator state plus the skip
+totals); `set_state` on an iterator of an identically built dataset (same source, config, shard and worker count)
+resumes with exactly the batches an uninterrupted run would give. The iterator is a `grain.DatasetIterator`, so
+Orbax's Grain checkpoint handlers (which json-encode `get_state()`) can save it beside the train state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import warnings
+from typing import Any, Mapping, NamedTuple, Sequence
+
+from absl import flags, logging
+import grain
+import numpy as np
+import PIL.Image
+
+from data.schema import DataError, IMAGE_COLUMNS, SCORE_COLUMNS, row_error
+from editreward_jax import batching, pairs
+from editreward_jax.models import vision_layout
+from editreward_jax.models.config import ModelConfig
+from editreward_jax.processing import (DEFAULT_PIXELS, MAX_ASPECT_RATIO, ImageError, ProcessedImage, Processor,
+                                       check_pixel_bounds)
+from editreward_jax.prompts import DIMENSIONS, PromptError, Prompts
+
+BAD_ROW_POLICIES = ("raise", "skip")
+SKIP_REASONS = (
+    "unreadable",         # the source could not read the row
+    "missing_field",      # a field is absent, empty or of the wrong type
+    "vote_type",          # vote_type is not leftvote | rightvote | tie
+    "score",              # a score is not a finite number
+    "image_undecodable",  # undecodable or truncated image bytes
+    "image_too_small",    # a side below min_image_side
+    "image_too_large",    # more than max_image_pixels (checked before decoding)
+    "image_aspect",       # aspect ratio above processing.MAX_ASPECT_RATIO
+    "special_token",      # the instruction holds <|image_pad|> or <|Reward|>
+    "too_long",           # a prompt longer than the largest sequence bucket
+)
+PAIR_IMAGES = 3  # source, A, B
+CANDIDATES = 2   # A, B
+ROWS_PER_PAIR = CANDIDATES * len(DIMENSIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Settings of the training input pipeline (plain fields, so an ml_collections config can carry them)."""
+
+  batch_pairs: int = 2                                      # pairs per batch (P): 4P rows, 3P images
+  seq_buckets: tuple[int, ...] = (512, 1024, 1536, 2048)    # padded sequence lengths; the largest is the budget
+  patch_buckets: tuple[int, ...] = ()                       # vision patch slots per batch; () = next power of two
+  tie_policy: str = "duplicate"                             # pairs.TIE_POLICIES
+  tie_weight: float = 1.0                                   # pair_weight of each pair made from a tie
+  bad_rows: str = "raise"                                   # BAD_ROW_POLICIES
+  max_image_pixels: int = 1 << 25                           # larger images (33.5 MP, 100 MB as RGB) are bad rows
+  min_image_side: int = 28                                  # images with a shorter side are bad rows
+  min_pixels: int = DEFAULT_PIXELS                          # smart_resize bounds
+  max_pixels: int = DEFAULT_PIXELS
+  workers: int = 0                                          # worker processes; 0 = in this process
+  worker_buffer: int = 2                                    # batches each worker process keeps ready
+  read_threads: int = 2                                     # threads processing pairs in each process
+  prefetch: int = 2                                         # batches a background thread keeps ready; 0 = none
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None                             # None: repeat forever
+
+  def validate(self) -> PipelineConfig:
+    if self.batch_pairs < 1:
+      raise ValueError(f"batch_pairs must be >= 1, got {self.batch_pairs}")
+    for name in ("seq_buckets", "patch_buckets"):
+      values = getattr(self, name)
+      if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+        raise ValueError(f"{name} must be positive and strictly increasing, got {values}")
+    if not self.seq_buckets:
+      raise ValueError("seq_buckets must name at least one sequence length")
+    pairs.validate_tie_policy(self.tie_policy)
+    if self.bad_rows not in BAD_ROW_POLICIES:
+      raise ValueError(f"unknown bad-row policy {self.bad_rows!r}; known: {list(BAD_ROW_POLICIES)}")
+    check_pixel_bounds(self.min_pixels, self.max_pixels)
+    for name in ("max_image_pixels", "min_image_side"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    for name in ("workers", "worker_buffer", "read_threads", "prefetch"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+    return self
+
+  @property
+  def max_seq_len(self) -> int:
+    return self.seq_buckets[-1]
+
+
+class Shard(NamedTuple):
+  index: int
+  count: int
+
+
+def process_shard() -> Shard:
+  """This host's shard: one per JAX process."""
+  import jax  # deferred: only a caller that does not pass its shard needs JAX initialised
+  return Shard(jax.process_index(), jax.process_count())
+
+
+def make_processor(tokenizer, prompts: Prompts, model_cfg: ModelConfig, config: PipelineConfig) -> Processor:
+  """The Processor whose patch geometry is the model's and whose pixel bounds are the config's."""
+  v = model_cfg.vision
+  return Processor(tokenizer, prompts, min_pixels=config.min_pixels, max_pixels=config.max_pixels,
+                   patch_size=v.patch_size, merge_size=v.spatial_merge_size, temporal_patch_size=v.temporal_patch_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad rows
+
+
+class _BadRow(Exception):
+  """A row problem found by a check; the policy turns it into a DataError or a skip."""
+
+  def __init__(self, reason: str, field: str, problem: str):
+    super().__init__(problem)
+    self.reason, self.field, self.problem = reason, field, problem
+
+
+@dataclasses.dataclass(frozen=True)
+class _Skip:
+  """A skipped row travelling down the pipeline to be counted (and logged) by the batcher."""
+  reason: str
+  message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """What error messages and the bad-row policy need to know about the source."""
+  name: str
+  policy: str
+
+  def reject(self, index: int, row: object, bad: _BadRow) -> _Skip:
+    """The skip to count, or (policy "raise") the DataError raised."""
+    key = (row.get("unique_key") or row.get("key")) if isinstance(row, Mapping) else None
+    where = f"row {index}" + (f" (key {key!r})" if key else "")
+    error = row_error(self.name, where, bad.field, bad.problem)
+    if self.policy == "raise":
+      raise error from bad.__cause__
+    return _Skip(bad.reason, str(error))
+
+
+def _source_name(source: Sequence[Any]) -> str:
+  """How errors name a source: its file, else its repr (in-memory lists are not spelled out)."""
+  if isinstance(source, (list, tuple)):
+    return f"<{len(source)} in-memory rows>"
+  path = getattr(source, "path", None)
+  return os.fspath(path) if path is not None else repr(source)
+
+
+def _is_image_value(value: object) -> bool:
+  if isinstance(value, Mapping):
+    value = value.get("bytes") or value.get("path")
+  return isinstance(value, (PIL.Image.Image, str, os.PathLike)) or (
+      isinstance(value, (bytes, bytearray, memoryview)) and len(value) > 0)
+
+
+def _check_row(row: object) -> None:
+  """Raises _BadRow for a row that cannot give pairs: missing fields, unknown vote, non-finite scores."""
+  if not isinstance(row, Mapping):
+    raise _BadRow("missing_field", "row", f"expected a mapping of fields, got {type(row).__name__}")
+  instruction = row.get("instruction")
+  if not isinstance(instruction, str) or not instruction.strip():
+    raise _BadRow("missing_field", "instruction", f"expected a non-empty string, got {instruction!r}")
+  for column in IMAGE_COLUMNS:
+    if not _is_image_value(row.get(column)):
+      raise _BadRow("missing_field", column, f"expected encoded image bytes, got {type(row.get(column)).__name__}")
+  vote = row.get("vote_type")
+  if isinstance(vote, bytes):
+    vote = vote.decode("utf-8", errors="replace")
+  if not isinstance(vote, str):
+    raise _BadRow("missing_field", "vote_type", f"expected a string, got {vote!r}")
+  if vote not in pairs.VOTE_TYPES:
+    raise _BadRow("vote_type", "vote_type", f"{vote!r} is not one of {list(pairs.VOTE_TYPES)}")
+  for column in SCORE_COLUMNS:
+    score = row.get(column)
+    if score is None:
+      raise _BadRow("missing_field", column, "missing")
+    if isinstance(score, bool) or not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
+      raise _BadRow("score", column, f"expected a finite number, got {score!r}")
+
+
+def image_header_size(value: object) -> tuple[int, int]:
+  """(width, height) from the image header, without decoding pixels: the guard against decompression bombs."""
+  if isinstance(value, PIL.Image.Image):
+    return value.size
+  if isinstance(value, Mapping):
+    value = value.get("bytes") or value.get("path")
+  src = io.BytesIO(value) if isinstance(value, (bytes, bytearray, memoryview)) else value
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # the caller compares the size itself
+    with PIL.Image.open(src) as image:
+      return image.size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows -> pairs -> processed pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairTask:
+  index: int        # source row
+  row: Mapping[str, Any]
+  pair: pairs.Pair
+  first: bool       # the row's first pair: the one whose failure counts the row as skipped
+
+
+class _RowPairs(grain.experimental.FlatMapTransform):
+  """Source row index -> the row's pairs (tie-disentangled), or a skip for a bad row."""
+
+  max_fan_out = 2
+
+  def __init__(self, source: Sequence[Any], rows: _Rows, tie_policy: str):
+    self.source, self.rows, self.tie_policy = source, rows, tie_policy
+
+  def flat_map(self, index: int) -> list[_PairTask | _Skip]:
+    index = int(index)
+    try:
+      row = self.source[index]
+    except DataError as e:  # the source names its file, line and field
+      if self.rows.policy == "raise":
+        raise
+      return [_Skip("unreadable", str(e))]
+    try:
+      _check_row(row)
+    except _BadRow as bad:
+      return [self.rows.reject(index, row, bad)]
+    found = pairs.pairs_from_row(row, self.tie_policy)
+    return [_PairTask(index, row, pair, i == 0) for i, pair in enumerate(found)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProcessedPair:
+  """One pair ready to collate: its 3 images and 4 prompt rows in the batch layout's order."""
+  index: int
+  pair: pairs.Pair
+  images: tuple[ProcessedImage, ...]  # source, A, B
+  tokens: tuple[np.ndarray, ...]      # (A, dim 0), (A, dim 1), (B, dim 0), (B, dim 1)
+  reward_index: tuple[int, ...]
+
+
+class _ProcessPair:
+  """Decodes, resizes and patchifies a pair's images and tokenizes its prompts; picklable for worker processes."""
+
+  def __init__(self, processor: Processor, rows: _Rows, config: PipelineConfig):
+    self.processor, self.rows = processor, rows
+    self.max_image_pixels, self.min_image_side = config.max_image_pixels, config.min_image_side
+    self.max_seq_len = config.max_seq_len
+
+  def __call__(self, task: _PairTask | _Skip) -> _ProcessedPair | _Skip | None:
+    if isinstance(task, _Skip):
+      return task
+    try:
+      return self._process(task)
+    except _BadRow as bad:
+      skip = self.rows.reject(task.index, task.row, bad)
+      # Both pairs of a tie show the same images and prompts, so they fail alike: count the row once.
+      return skip if task.first else None
+
+  def _process(self, task: _PairTask) -> _ProcessedPair:
+    columns = ("source_img", f"{task.pair.preferred}_output_image", f"{task.pair.other}_output_image")
+    for column in columns:
+      self._check_header(task.row, column)
+    images = tuple(self._image(task.row, column) for column in columns)
+    tokens, reward_index = [], []
+    for candidate in images[1:]:
+      for dimension in DIMENSIONS:
+        try:
+          ids, reward = self.processor.encode(dimension, task.row["instruction"],
+                                              [images[0].grid_thw, candidate.grid_thw])
+        except PromptError as e:
+          raise _BadRow("special_token", "instruction", str(e)) from e
+        if len(ids) > self.max_seq_len:
+          raise _BadRow("too_long", "instruction",
+                        f"the {dimension} prompt has {len(ids)} tokens, more than the largest sequence bucket "
+                        f"{self.max_seq_len} (prompts are never truncated)")
+        tokens.append(ids)
+        reward_index.append(reward)
+    return _ProcessedPair(task.index, task.pair, images, tuple(tokens), tuple(reward_index))
+
+  def _check_header(self, row: Mapping[str, Any], column: str) -> None:
+    try:
+      width, height = image_header_size(row[column])
+    except PIL.Image.DecompressionBombError as e:
+      raise _BadRow("image_too_large", column, f"{_image_label(row, column)}: {e}") from e
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, SyntaxError, ValueError, ...)
+      raise _BadRow("image_undecodable", column, f"{_image_label(row, column)}: cannot read the image header: {e}"
+                    ) from e
+    label = f"{_image_label(row, column)} is {width}x{height} pixels"
+    if width * height > self.max_image_pixels:
+      raise _BadRow("image_too_large", column, f"{label}, more than max_image_pixels={self.max_image_pixels}")
+    if min(width, height) < self.min_image_side:
+      raise _BadRow("image_too_small", column, f"{label}, a side below min_image_side={self.min_image_side}")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+      raise _BadRow("image_aspect", column, f"{label}, aspect ratio above {MAX_ASPECT_RATIO}")
+
+  def _image(self, row: Mapping[str, Any], column: str) -> ProcessedImage:
+    try:
+      return self.processor.image(row[column], _image_label(row, column))
+    except ImageError as e:
+      raise _BadRow("image_undecodable", column, str(e)) from e
+
+
+def _image_label(row: Mapping[str, Any], column: str) -> str:
+  """The image's own path when the row records one (e.g. left/edit3.png), else 'image'."""
+  return row.get(f"{column}_path") or "image"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batching and collation
+
+
+class _Collate:
+  """Up to P processed pairs -> the fixed-shape batch of the module docstring."""
+
+  def __init__(self, model_cfg: ModelConfig, config: PipelineConfig, rope_mode: str, pad_id: int):
+    self.model_cfg, self.rope_mode, self.pad_id = model_cfg, rope_mode, pad_id
+    self.batch_pairs, self.tie_weight = config.batch_pairs, config.tie_weight
+    self.seq_buckets, self.patch_buckets = config.seq_buckets, config.patch_buckets
+    v = model_cfg.vision
+    self.window_patches = v.window_units**2 * v.merge_unit
+    self.merge_unit = v.merge_unit
+
+  def _patch_slots(self, grids: np.ndarray) -> int:
+    windows = vision_layout.num_windows(grids, self.model_cfg.vision)
+    if not self.patch_buckets:
+      return batching.bucket(windows) * self.window_patches
+    needed = windows * self.window_patches
+    if needed > self.patch_buckets[-1]:
+      raise ValueError(f"a batch needs {needed} vision patch slots, more than the largest patch bucket "
+                       f"{self.patch_buckets[-1]}: add a larger bucket or lower max_pixels")
+    return vision_layout.pad_to(needed, self.patch_buckets)
+
+  def __call__(self, found: Sequence[_ProcessedPair], skipped: np.ndarray) -> dict[str, Any]:
+    p = self.batch_pairs
+    table = batching.ImageTable()
+    rows = []
+    for i, pair in enumerate(found):
+      source, a, b = (table.add(image, key=(i, role)) for role, image in enumerate(pair.images))
+      for c, candidate in enumerate((a, b)):
+        for d in range(len(DIMENSIONS)):
+          k = c * len(DIMENSIONS) + d
+          rows.append(batching.Row(pair.tokens[k], (source, candidate), pair.reward_index[k], d))
+    grids = np.array([im.grid_thw for im in table.images], np.int64)
+    slots = self._patch_slots(grids)
+    seq_len = vision_layout.pad_to(max(len(r.tokens) for r in rows), self.seq_buckets)
+    shape = batching.BatchShape(rows=ROWS_PER_PAIR * p, seq_len=seq_len, images=PAIR_IMAGES * p,
+                                windows=slots // self.window_patches, units=slots // self.merge_unit)
+    out = batching.collate(rows, table, self.model_cfg, rope_mode=self.rope_mode, shape=shape, pad_id=self.pad_id)
+    n = len(found)
+    labels = np.zeros((p, len(pairs.DIMENSIONS)), np.int32)
+    weight = np.zeros(p, np.float32)
+    tie = np.zeros(p, bool)
+    source_row = np.full(p, -1, np.int64)
+    for i, pair in enumerate(found):
+      labels[i] = pair.pair.labels
+      weight[i] = self.tie_weight if pair.pair.tie else 1.0
+      tie[i], source_row[i] = pair.pair.tie, pair.index
+    lengths = out["batch"]["lengths"]
+    real_patches = int(np.prod(grids, axis=1).sum())
+    out["dimension"] = np.tile(np.arange(len(DIMENSIONS), dtype=np.int32), CANDIDATES * p)  # padded rows too
+    out.update(pair_valid=np.arange(p) < n, labels=labels, pair_weight=weight, tie=tie, source_row=source_row,
+               metrics={"skipped": skipped, "pairs": np.int32(n),
+                        "token_padding": np.float32(1 - lengths.sum() / lengths.size / seq_len),
+                        "patch_padding": np.float32(1 - real_patches / slots)})
+    return out
+
+
+class _PairBatches(grain.IterDataset):
+  """Groups processed pairs into batches of P, counting the skips met on the way; see `_PairBatchesIterator`."""
+
+  def __init__(self, parent: grain.IterDataset, batch_pairs: int, collate: _Collate):
+    super().__init__(parent)
+    self.batch_pairs, self.collate = batch_pairs, collate
+
+  def __iter__(self) -> _PairBatchesIterator:
+    return _PairBatchesIterator(self._parent.__iter__(), self.batch_pairs, self.collate)
+
+
+class _PairBatchesIterator(grain.DatasetIterator):
+  """Consumes exactly the elements of each batch and buffers nothing, so its state is its parent's.
+
+  When the stream ends with skips after the last pair, a record with only "metrics" carries their count to
+  `PairBatchIterator`, which absorbs it.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, batch_pairs: int, collate: _Collate):
+    super().__init__(parent)
+    self.batch_pairs, self.collate = batch_pairs, collate
+
+  def __next__(self) -> dict[str, Any]:
+    found: list[_ProcessedPair] = []
+    skipped = np.zeros(len(SKIP_REASONS), np.int64)
+    while len(found) < self.batch_pairs:
+      try:
+        item = next(self._parent)
+      except StopIteration:
+        if found or skipped.any():
+          break
+        raise
+      if isinstance(item, _Skip):
+        logging.warning("skipping a bad row (%s): %s", item.reason, item.message)
+        skipped[SKIP_REASONS.index(item.reason)] += 1
+      else:
+        found.append(item)
+    if not found:
+      return {"metrics": {"skipped": skipped}}
+    return self.collate(found, skipped)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state)
+
+
+class _SkipTotals(grain.IterDataset):
+  """The outermost stage: iterating gives a `PairBatchIterator`."""
+
+  def __iter__(self) -> PairBatchIterator:
+    return PairBatchIterator(self._parent.__iter__())
+
+
+class PairBatchIterator(grain.DatasetIterator):
+  """Batches of `pair_dataset`, with running totals of skipped bad rows; checkpoint with get_state/set_state."""
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._skipped = np.zeros(len(SKIP_REASONS), np.int64)
+
+  @property
+  def skipped(self) -> dict[str, int]:
+    """Bad rows skipped so far, by reason (every reason present, zeros included)."""
+    return {reason: int(n) for reason, n in zip(SKIP_REASONS, self._skipped)}
+
+  def __next__(self) -> dict[str, Any]:
+    while True:
+      element = next(self._parent)
+      counts = element["metrics"]["skipped"]
+      if counts.any():
+        self._skipped += counts
+        logging.warning("skipped %d bad rows; totals so far: %s", counts.sum(),
+                        {r: n for r, n in self.skipped.items() if n})
+      if "batch" in element:
+        return element
+
+  def get_state(self) -> dict[str, Any]:
+    return {"pipeline": self._parent.get_state(), "skipped": self.skipped}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["pipeline"])
+    self._skipped = np.array([state["skipped"].get(r, 0) for r in SKIP_REASONS], np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def pair_dataset(source: Sequence[Any], tokenizer, prompts: Prompts, model_cfg: ModelConfig, config: PipelineConfig,
+                 *, rope_mode: str = "sequential", shard: Shard | None = None, name: str | None = None
+                 ) -> grain.IterDataset:
+  """The training batches of `source` (random-access rows in the EditReward-Data schema, e.g. `data.open_source`).
+
+  `shard` defaults to this JAX process's; `name` (default: the source's file or repr) is what errors call the
+  source. `iter()` of the result is a `PairBatchIterator`; close it when done if `config.workers > 0`.
+  """
+  config.validate()
+  shard = process_shard() if shard is None else Shard(*shard)
+  if not 0 <= shard.index < shard.count:
+    raise ValueError(f"shard index {shard.index} is outside [0, {shard.count})")
+  if config.patch_buckets:
+    v = model_cfg.vision
+    window_patches = v.window_units**2 * v.merge_unit
+    if any(b % window_patches for b in config.patch_buckets):
+      raise ValueError(f"patch_buckets {config.patch_buckets} must be multiples of {window_patches}, the patches "
+                       "of one vision attention window")
+  processor = make_processor(tokenizer, prompts, model_cfg, config)
+  rows = _Rows(name or _source_name(source), config.bad_rows)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+  ds = grain.MapDataset.range(len(source))[shard.index::shard.count]
+  ds = grain.experimental.FlatMapMapDataset(ds, _RowPairs(source, rows, config.tie_policy))
+  if config.shuffle:
+    ds = ds.shuffle(seed=config.seed)
+  ds = ds.repeat(config.num_epochs)
+  ds = ds.map(_ProcessPair(processor, rows, config))
+  buffer = max(config.read_threads, config.batch_pairs)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=buffer))
+  it = _PairBatches(it, config.batch_pairs, _Collate(model_cfg, config, rope_mode, pad_id))
+  if config.workers:
+    if not flags.FLAGS.is_parsed():
+      # Grain reads absl flags when it starts workers; outside absl.app.run (pytest, notebooks) use their defaults.
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers,
+                                                     per_worker_buffer_size=config.worker_buffer))
+  if config.prefetch:
+    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch)
+  return _SkipTotals(it)
