@@ -58,14 +58,15 @@ def check_grids(grid_thw: np.ndarray, cfg: VisionConfig) -> np.ndarray:
   return grid_thw
 
 
-def _windows_of(llm_h: int, llm_w: int, wu: int) -> list[np.ndarray]:
-  """Unit indices (row-major within the image) of each window, windows row-major; empty windows dropped."""
-  units = np.arange(llm_h * llm_w).reshape(llm_h, llm_w)
-  out = []
-  for r0 in range(0, llm_h, wu):
-    for c0 in range(0, llm_w, wu):
-      out.append(units[r0:r0 + wu, c0:c0 + wu].reshape(-1))
-  return out
+def _unit_windows(llm_h: int, llm_w: int, wu: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """For each unit (row-major in the image): its window (windows row-major) and its place in that window (row-major
+  within the window, whose width is cut at the image's right edge); and each window's unit count."""
+  r, c = np.divmod(np.arange(llm_h * llm_w), llm_w)
+  windows_per_row = -(-llm_w // wu)
+  window = (r // wu) * windows_per_row + c // wu
+  width = np.minimum(wu, llm_w - (c // wu) * wu)
+  place = (r % wu) * width + c % wu
+  return window, place, np.bincount(window, minlength=-(-llm_h // wu) * windows_per_row)
 
 
 def _patch_coords(h: int, w: int, m: int) -> np.ndarray:
@@ -121,21 +122,16 @@ def build_vision_batch(pixel_values: np.ndarray | None, grid_thw: np.ndarray, cf
   win = 0
   patch_base = 0
   for i, (_, h, w) in enumerate(grid_thw):
-    coords = _patch_coords(int(h), int(w), m)
-    image_slot_list = []
-    unit_base = patch_base // mu
-    for units in _windows_of(int(h) // m, int(w) // m, wu):
-      slot0 = win * win_patches
-      for j, u in enumerate(units):
-        slots = slot0 + j * mu + np.arange(mu)
-        src = patch_base + u * mu + np.arange(mu)
-        patch_src[slots] = src
-        rope_pos[slots] = coords[u * mu + np.arange(mu)]
-        unit_slots[unit_base + u] = (slot0 // mu) + j
-        image_slot_list.append(slots)
-      window_lengths[win] = len(units) * mu
-      win += 1
-    slots = np.concatenate(image_slot_list)
+    n_units = int(h * w) // mu
+    window, place, counts = _unit_windows(int(h) // m, int(w) // m, wu)
+    unit_slot = (win + window) * (wu * wu) + place  # merged-unit slot of each unit of this image
+    unit_slots[patch_base // mu:patch_base // mu + n_units] = unit_slot
+    slots = (unit_slot[:, None] * mu + np.arange(mu)).reshape(-1)  # patch slots, in the processor's patch order
+    patch_src[slots] = patch_base + np.arange(n_units * mu)
+    rope_pos[slots] = _patch_coords(int(h), int(w), m)
+    window_lengths[win:win + len(counts)] = counts * mu
+    win += len(counts)
+    slots = np.sort(slots)  # window order: any order works for full attention, this one reads memory in sequence
     image_slots[i, :len(slots)] = slots
     image_lengths[i] = len(slots)
     slot_to_image[slots] = i * p_max + np.arange(len(slots))
