@@ -51,7 +51,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as hf_dir, tempfile.TemporaryDirectory() as ckpt:
     tmodel.save_pretrained(hf_dir)
     import_hf(hf_dir, ckpt, param_dtype="float32")
-    jmodel, _ = load_model(ckpt)
+    jmodel = load_model(ckpt)[0].backbone
 
   grid = (1, 16, 16)  # 224x224 px
   grids = np.array([grid] * (2 * FLAGS.batch))
