@@ -1,0 +1,30 @@
+"""The README's quick-start job and the benchmark scripts run as written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(*args: str) -> dict:
+  run = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_forward_quick_start():
+  report = run_script("scripts/bench_forward.py", "--iters=1")
+  assert report["max_abs_diff"] < 1e-4 and report["jax_forward_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_train_step():
+  report = run_script("scripts/bench_train_step.py", "--pairs=1", "--iters=1", "--prompt_tokens=32")
+  assert report["pairs_per_s"] > 0
