@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import presets
-
 
 def base_config(preset: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()

@@ -24,7 +24,7 @@ Batch layout (P = `batch_pairs` pairs, D = 2 quality dimensions in head order, R
   "pair_valid" [P] bool; "labels" [P, D] int32 (+1 A better on that dimension, -1 worse, 0 equal); "pair_weight"
   [P] float32 (0 for padding, `tie_weight` for pairs made from a tie, else 1); "tie" [P] bool; "source_row" [P]
   int64 (index into the source, -1 for padding); "metrics": host-only numbers, not model inputs: "skipped"
-  [len(SKIP_REASONS)] int64 (bad rows skipped while this batch was assembled), "pairs" (valid pairs),
+  [len(row_checks.SKIP_REASONS)] int64 (bad rows skipped while this batch was assembled), "pairs" (valid pairs),
   "token_padding" and "patch_padding" (padded fraction of the [R, seq_len] token grid and of the vision patch slots).
 - static shapes: seq_len is the smallest of `seq_buckets` that fits the batch's longest row; vision patch slots the
   smallest of `patch_buckets` (multiples of one attention window's patches) or, with none given, one window's
@@ -33,7 +33,7 @@ Batch layout (P = `batch_pairs` pairs, D = 2 quality dimensions in head order, R
 The last batch of a finite run is padded (pair_valid False); with several worker processes each worker's last one is.
 
 Bad rows (`bad_rows`): "raise" raises `DataError` naming the source, the row (and its key) and the field; "skip"
-drops the row, logs why, and counts it under one of SKIP_REASONS. Counts travel inside the batches (metrics.skipped)
+drops the row, logs why, and counts it under one of row_checks.SKIP_REASONS. Counts travel inside the batches (metrics.skipped)
 from whichever process found them, so `PairBatchIterator.skipped` totals are exact: each bad row is counted once per
 epoch that reads it (a tie row's second pair fails exactly like its first and is not counted again). Images are
 checked from their header (size, aspect) before any pixel is decoded. No prompt is ever truncated: one longer than
@@ -48,38 +48,20 @@ Orbax's Grain checkpoint handlers (which json-encode `get_state()`) can save it 
 from __future__ import annotations
 
 import dataclasses
-import io
-import math
-import os
-import warnings
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from absl import flags, logging
 import grain
 import numpy as np
-import PIL.Image
 
-from data.schema import DataError, IMAGE_COLUMNS, SCORE_COLUMNS, row_error
-from editreward_jax import batching, pairs
+from data.schema import DataError
+from editreward_jax import batching, pairs, row_checks
 from editreward_jax.models import vision_layout
 from editreward_jax.models.config import ModelConfig
-from editreward_jax.processing import (DEFAULT_PIXELS, MAX_ASPECT_RATIO, ImageError, ProcessedImage, Processor,
+from editreward_jax.processing import (DEFAULT_PIXELS, ImageError, ProcessedImage, Processor,
                                        check_pixel_bounds)
 from editreward_jax.prompts import DIMENSIONS, PromptError, Prompts
 
-BAD_ROW_POLICIES = ("raise", "skip")
-SKIP_REASONS = (
-    "unreadable",         # the source could not read the row
-    "missing_field",      # a field is absent, empty or of the wrong type
-    "vote_type",          # vote_type is not leftvote | rightvote | tie
-    "score",              # a score is not a finite number
-    "image_undecodable",  # undecodable or truncated image bytes
-    "image_too_small",    # a side below min_image_side
-    "image_too_large",    # more than max_image_pixels (checked before decoding)
-    "image_aspect",       # aspect ratio above processing.MAX_ASPECT_RATIO
-    "special_token",      # the instruction holds <|image_pad|> or <|Reward|>
-    "too_long",           # a prompt longer than the largest sequence bucket
-)
 PAIR_IMAGES = 3  # source, A, B
 CANDIDATES = 2   # A, B
 ROWS_PER_PAIR = CANDIDATES * len(DIMENSIONS)
@@ -94,7 +76,7 @@ class PipelineConfig:
   patch_buckets: tuple[int, ...] = ()                       # vision patch slots per batch; () = next power of two
   tie_policy: str = "duplicate"                             # pairs.TIE_POLICIES
   tie_weight: float = 1.0                                   # pair_weight of each pair made from a tie
-  bad_rows: str = "raise"                                   # BAD_ROW_POLICIES
+  bad_rows: str = "raise"                                   # row_checks.BAD_ROW_POLICIES
   max_image_pixels: int = 1 << 25                           # larger images (33.5 MP, 100 MB as RGB) are bad rows
   min_image_side: int = 28                                  # images with a shorter side are bad rows
   min_pixels: int = DEFAULT_PIXELS                          # smart_resize bounds
@@ -117,8 +99,8 @@ class PipelineConfig:
     if not self.seq_buckets:
       raise ValueError("seq_buckets must name at least one sequence length")
     pairs.validate_tie_policy(self.tie_policy)
-    if self.bad_rows not in BAD_ROW_POLICIES:
-      raise ValueError(f"unknown bad-row policy {self.bad_rows!r}; known: {list(BAD_ROW_POLICIES)}")
+    if self.bad_rows not in row_checks.BAD_ROW_POLICIES:
+      raise ValueError(f"unknown bad-row policy {self.bad_rows!r}; known: {list(row_checks.BAD_ROW_POLICIES)}")
     check_pixel_bounds(self.min_pixels, self.max_pixels)
     for name in ("max_image_pixels", "min_image_side"):
       if getattr(self, name) < 1:
@@ -154,94 +136,6 @@ def make_processor(tokenizer, prompts: Prompts, model_cfg: ModelConfig, config: 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Bad rows
-
-
-class _BadRow(Exception):
-  """A row problem found by a check; the policy turns it into a DataError or a skip."""
-
-  def __init__(self, reason: str, field: str, problem: str):
-    super().__init__(problem)
-    self.reason, self.field, self.problem = reason, field, problem
-
-
-@dataclasses.dataclass(frozen=True)
-class _Skip:
-  """A skipped row travelling down the pipeline to be counted (and logged) by the batcher."""
-  reason: str
-  message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rows:
-  """What error messages and the bad-row policy need to know about the source."""
-  name: str
-  policy: str
-
-  def reject(self, index: int, row: object, bad: _BadRow) -> _Skip:
-    """The skip to count, or (policy "raise") the DataError raised."""
-    key = (row.get("unique_key") or row.get("key")) if isinstance(row, Mapping) else None
-    where = f"row {index}" + (f" (key {key!r})" if key else "")
-    error = row_error(self.name, where, bad.field, bad.problem)
-    if self.policy == "raise":
-      raise error from bad.__cause__
-    return _Skip(bad.reason, str(error))
-
-
-def _source_name(source: Sequence[Any]) -> str:
-  """How errors name a source: its file, else its repr (in-memory lists are not spelled out)."""
-  if isinstance(source, (list, tuple)):
-    return f"<{len(source)} in-memory rows>"
-  path = getattr(source, "path", None)
-  return os.fspath(path) if path is not None else repr(source)
-
-
-def _is_image_value(value: object) -> bool:
-  if isinstance(value, Mapping):
-    value = value.get("bytes") or value.get("path")
-  return isinstance(value, (PIL.Image.Image, str, os.PathLike)) or (
-      isinstance(value, (bytes, bytearray, memoryview)) and len(value) > 0)
-
-
-def _check_row(row: object) -> None:
-  """Raises _BadRow for a row that cannot give pairs: missing fields, unknown vote, non-finite scores."""
-  if not isinstance(row, Mapping):
-    raise _BadRow("missing_field", "row", f"expected a mapping of fields, got {type(row).__name__}")
-  instruction = row.get("instruction")
-  if not isinstance(instruction, str) or not instruction.strip():
-    raise _BadRow("missing_field", "instruction", f"expected a non-empty string, got {instruction!r}")
-  for column in IMAGE_COLUMNS:
-    if not _is_image_value(row.get(column)):
-      raise _BadRow("missing_field", column, f"expected encoded image bytes, got {type(row.get(column)).__name__}")
-  vote = row.get("vote_type")
-  if isinstance(vote, bytes):
-    vote = vote.decode("utf-8", errors="replace")
-  if not isinstance(vote, str):
-    raise _BadRow("missing_field", "vote_type", f"expected a string, got {vote!r}")
-  if vote not in pairs.VOTE_TYPES:
-    raise _BadRow("vote_type", "vote_type", f"{vote!r} is not one of {list(pairs.VOTE_TYPES)}")
-  for column in SCORE_COLUMNS:
-    score = row.get(column)
-    if score is None:
-      raise _BadRow("missing_field", column, "missing")
-    if isinstance(score, bool) or not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
-      raise _BadRow("score", column, f"expected a finite number, got {score!r}")
-
-
-def image_header_size(value: object) -> tuple[int, int]:
-  """(width, height) from the image header, without decoding pixels: the guard against decompression bombs."""
-  if isinstance(value, PIL.Image.Image):
-    return value.size
-  if isinstance(value, Mapping):
-    value = value.get("bytes") or value.get("path")
-  src = io.BytesIO(value) if isinstance(value, (bytes, bytearray, memoryview)) else value
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # the caller compares the size itself
-    with PIL.Image.open(src) as image:
-      return image.size
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Rows -> pairs -> processed pairs
 
 
@@ -258,20 +152,20 @@ class _RowPairs(grain.experimental.FlatMapTransform):
 
   max_fan_out = 2
 
-  def __init__(self, source: Sequence[Any], rows: _Rows, tie_policy: str):
+  def __init__(self, source: Sequence[Any], rows: row_checks.RowPolicy, tie_policy: str):
     self.source, self.rows, self.tie_policy = source, rows, tie_policy
 
-  def flat_map(self, index: int) -> list[_PairTask | _Skip]:
+  def flat_map(self, index: int) -> list[_PairTask | row_checks.Skip]:
     index = int(index)
     try:
       row = self.source[index]
     except DataError as e:  # the source names its file, line and field
       if self.rows.policy == "raise":
         raise
-      return [_Skip("unreadable", str(e))]
+      return [row_checks.Skip("unreadable", str(e))]
     try:
-      _check_row(row)
-    except _BadRow as bad:
+      row_checks.check_row(row)
+    except row_checks.BadRow as bad:
       return [self.rows.reject(index, row, bad)]
     found = pairs.pairs_from_row(row, self.tie_policy)
     return [_PairTask(index, row, pair, i == 0) for i, pair in enumerate(found)]
@@ -290,17 +184,17 @@ class _ProcessedPair:
 class _ProcessPair:
   """Decodes, resizes and patchifies a pair's images and tokenizes its prompts; picklable for worker processes."""
 
-  def __init__(self, processor: Processor, rows: _Rows, config: PipelineConfig):
+  def __init__(self, processor: Processor, rows: row_checks.RowPolicy, config: PipelineConfig):
     self.processor, self.rows = processor, rows
     self.max_image_pixels, self.min_image_side = config.max_image_pixels, config.min_image_side
     self.max_seq_len = config.max_seq_len
 
-  def __call__(self, task: _PairTask | _Skip) -> _ProcessedPair | _Skip | None:
-    if isinstance(task, _Skip):
+  def __call__(self, task: _PairTask | row_checks.Skip) -> _ProcessedPair | row_checks.Skip | None:
+    if isinstance(task, row_checks.Skip):
       return task
     try:
       return self._process(task)
-    except _BadRow as bad:
+    except row_checks.BadRow as bad:
       skip = self.rows.reject(task.index, task.row, bad)
       # Both pairs of a tie show the same images and prompts, so they fail alike: count the row once.
       return skip if task.first else None
@@ -308,7 +202,7 @@ class _ProcessPair:
   def _process(self, task: _PairTask) -> _ProcessedPair:
     columns = ("source_img", f"{task.pair.preferred}_output_image", f"{task.pair.other}_output_image")
     for column in columns:
-      self._check_header(task.row, column)
+      row_checks.check_image_header(task.row, column, self.max_image_pixels, self.min_image_side)
     images = tuple(self._image(task.row, column) for column in columns)
     tokens, reward_index = [], []
     for candidate in images[1:]:
@@ -317,41 +211,20 @@ class _ProcessPair:
           ids, reward = self.processor.encode(dimension, task.row["instruction"],
                                               [images[0].grid_thw, candidate.grid_thw])
         except PromptError as e:
-          raise _BadRow("special_token", "instruction", str(e)) from e
+          raise row_checks.BadRow("special_token", "instruction", str(e)) from e
         if len(ids) > self.max_seq_len:
-          raise _BadRow("too_long", "instruction",
+          raise row_checks.BadRow("too_long", "instruction",
                         f"the {dimension} prompt has {len(ids)} tokens, more than the largest sequence bucket "
                         f"{self.max_seq_len} (prompts are never truncated)")
         tokens.append(ids)
         reward_index.append(reward)
     return _ProcessedPair(task.index, task.pair, images, tuple(tokens), tuple(reward_index))
 
-  def _check_header(self, row: Mapping[str, Any], column: str) -> None:
-    try:
-      width, height = image_header_size(row[column])
-    except PIL.Image.DecompressionBombError as e:
-      raise _BadRow("image_too_large", column, f"{_image_label(row, column)}: {e}") from e
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, SyntaxError, ValueError, ...)
-      raise _BadRow("image_undecodable", column, f"{_image_label(row, column)}: cannot read the image header: {e}"
-                    ) from e
-    label = f"{_image_label(row, column)} is {width}x{height} pixels"
-    if width * height > self.max_image_pixels:
-      raise _BadRow("image_too_large", column, f"{label}, more than max_image_pixels={self.max_image_pixels}")
-    if min(width, height) < self.min_image_side:
-      raise _BadRow("image_too_small", column, f"{label}, a side below min_image_side={self.min_image_side}")
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-      raise _BadRow("image_aspect", column, f"{label}, aspect ratio above {MAX_ASPECT_RATIO}")
-
   def _image(self, row: Mapping[str, Any], column: str) -> ProcessedImage:
     try:
-      return self.processor.image(row[column], _image_label(row, column))
+      return self.processor.image(row[column], row_checks.image_label(row, column))
     except ImageError as e:
-      raise _BadRow("image_undecodable", column, str(e)) from e
-
-
-def _image_label(row: Mapping[str, Any], column: str) -> str:
-  """The image's own path when the row records one (e.g. left/edit3.png), else 'image'."""
-  return row.get(f"{column}_path") or "image"
+      raise row_checks.BadRow("image_undecodable", column, str(e)) from e
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,7 +311,7 @@ class _PairBatchesIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict[str, Any]:
     found: list[_ProcessedPair] = []
-    skipped = np.zeros(len(SKIP_REASONS), np.int64)
+    skipped = np.zeros(len(row_checks.SKIP_REASONS), np.int64)
     while len(found) < self.batch_pairs:
       try:
         item = next(self._parent)
@@ -446,9 +319,9 @@ class _PairBatchesIterator(grain.DatasetIterator):
         if found or skipped.any():
           break
         raise
-      if isinstance(item, _Skip):
+      if isinstance(item, row_checks.Skip):
         logging.warning("skipping a bad row (%s): %s", item.reason, item.message)
-        skipped[SKIP_REASONS.index(item.reason)] += 1
+        skipped[row_checks.SKIP_REASONS.index(item.reason)] += 1
       else:
         found.append(item)
     if not found:
@@ -474,12 +347,12 @@ class PairBatchIterator(grain.DatasetIterator):
 
   def __init__(self, parent: grain.DatasetIterator):
     super().__init__(parent)
-    self._skipped = np.zeros(len(SKIP_REASONS), np.int64)
+    self._skipped = np.zeros(len(row_checks.SKIP_REASONS), np.int64)
 
   @property
   def skipped(self) -> dict[str, int]:
     """Bad rows skipped so far, by reason (every reason present, zeros included)."""
-    return {reason: int(n) for reason, n in zip(SKIP_REASONS, self._skipped)}
+    return {reason: int(n) for reason, n in zip(row_checks.SKIP_REASONS, self._skipped)}
 
   def __next__(self) -> dict[str, Any]:
     while True:
@@ -497,7 +370,7 @@ class PairBatchIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["pipeline"])
-    self._skipped = np.array([state["skipped"].get(r, 0) for r in SKIP_REASONS], np.int64)
+    self._skipped = np.array([state["skipped"].get(r, 0) for r in row_checks.SKIP_REASONS], np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -523,7 +396,7 @@ def pair_dataset(source: Sequence[Any], tokenizer, prompts: Prompts, model_cfg: 
       raise ValueError(f"patch_buckets {config.patch_buckets} must be multiples of {window_patches}, the patches "
                        "of one vision attention window")
   processor = make_processor(tokenizer, prompts, model_cfg, config)
-  rows = _Rows(name or _source_name(source), config.bad_rows)
+  rows = row_checks.RowPolicy(name or row_checks.source_name(source), config.bad_rows)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
   ds = grain.MapDataset.range(len(source))[shard.index::shard.count]

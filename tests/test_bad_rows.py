@@ -18,7 +18,7 @@ import data
 from configs.presets import TINY
 from data.editreward_demo import generate_rows
 from data.schema import DataError, row_error
-from editreward_jax import pairs, pipeline, processing, prompts
+from editreward_jax import pairs, pipeline, processing, prompts, row_checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 56
@@ -108,7 +108,7 @@ def test_skip_counts_each_bad_row_once_per_epoch(rows, tokenizer, case):
   it = iter(dataset(corrupted(rows, corrupt), tokenizer, bad_rows="skip"))
   batches = list(it)
   assert sum(int(b["pair_valid"].sum()) for b in batches) == CONFIG.num_epochs * good_pairs(rows)
-  assert it.skipped == {r: CONFIG.num_epochs if r == reason else 0 for r in pipeline.SKIP_REASONS}
+  assert it.skipped == {r: CONFIG.num_epochs if r == reason else 0 for r in row_checks.SKIP_REASONS}
   assert BAD not in {int(r) for b in batches for r in b["source_row"]}
 
 
@@ -148,7 +148,7 @@ def test_batch_metrics_carry_the_counts(rows, tokenizer):
   corrupt, reason, _ = CASES["undecodable"]
   it = iter(dataset(corrupted(rows, corrupt), tokenizer, bad_rows="skip", num_epochs=3, shuffle=False))
   counts = sum(b["metrics"]["skipped"] for b in it)
-  assert counts[pipeline.SKIP_REASONS.index(reason)] == 3 == it.skipped[reason]
+  assert counts[row_checks.SKIP_REASONS.index(reason)] == 3 == it.skipped[reason]
 
 
 def test_json_source_errors_name_the_file_and_the_image(rows, tokenizer, tmp_path):
@@ -168,7 +168,7 @@ def test_json_source_errors_name_the_file_and_the_image(rows, tokenizer, tmp_pat
 
 
 def test_the_size_guard_reads_only_the_header():
-  assert pipeline.image_header_size(png_header(10_000, 8_000)) == (10_000, 8_000)
+  assert row_checks.image_header_size(png_header(10_000, 8_000)) == (10_000, 8_000)
   with pytest.raises(OSError):  # the pixels were never there: decoding is what would fail
     PIL.Image.open(io.BytesIO(png_header(10_000, 8_000))).load()
-  np.testing.assert_array_equal(pipeline.image_header_size(png(30, 40)), (30, 40))
+  np.testing.assert_array_equal(row_checks.image_header_size(png(30, 40)), (30, 40))
