@@ -32,12 +32,12 @@ Batch layout (P = `batch_pairs` pairs, D = 2 quality dimensions in head order, R
   (full-attention blocks) the next power of two of the largest image's.
 The last batch of a finite run is padded (pair_valid False); with several worker processes each worker's last one is.
 
-Bad rows (`bad_rows`): "raise" raises `DataError` naming the source, the row (and its key) and the field; "skip"
-drops the row, logs why, and counts it under one of row_checks.SKIP_REASONS. Counts travel inside the batches (metrics.skipped)
-from whichever process found them, so `PairBatchIterator.skipped` totals are exact: each bad row is counted once per
-epoch that reads it (a tie row's second pair fails exactly like its first and is not counted again). Images are
-checked from their header (size, aspect) before any pixel is decoded. No prompt is ever truncated: one longer than
-the largest sequence bucket makes its row bad.
+Bad rows (`bad_rows`, checks in `row_checks`): "raise" raises `DataError` naming the source, the row (and its key)
+and the field; "skip" drops the row, logs why, and counts it under one of `row_checks.SKIP_REASONS`. Counts travel
+inside the batches (metrics.skipped) from whichever process found them, so `PairBatchIterator.skipped` totals are
+exact: each bad row is counted once per epoch that reads it (a tie row's second pair fails exactly like its first
+and is not counted again). Images are checked from their header (size, aspect) before any pixel is decoded. No
+prompt is ever truncated: one longer than the largest sequence bucket makes its row bad.
 
 Checkpoints: `PairBatchIterator.get_state()` is a JSON-serialisable dict (Grain's iterator state plus the skip
 totals); `set_state` on an iterator of an identically built dataset (same source, config, shard and worker count)
