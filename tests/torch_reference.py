@@ -28,8 +28,8 @@ def tiny_hf_config(*, tie: bool = False, vision_depth: int = 3, text_layers: int
               bos_token_id=None, eos_token_id=None)
   text.update(text_overrides)
   vision = dict(depth=vision_depth, hidden_size=32, intermediate_size=48, num_heads=2,
-                out_hidden_size=text["hidden_size"], patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=window_size,
-                fullatt_block_indexes=list(fullatt), in_channels=3)
+                out_hidden_size=text["hidden_size"], patch_size=14, temporal_patch_size=2, spatial_merge_size=2,
+                window_size=window_size, fullatt_block_indexes=list(fullatt), in_channels=3)
   return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN,
                                        video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
                                        vision_end_token_id=VISION_END, tie_word_embeddings=tie)
