@@ -72,8 +72,8 @@ def image_tokens(grid: tuple[int, int, int]) -> list[int]:
   return [VISION_START] + [IMAGE_TOKEN] * (t * h * w // 4) + [VISION_END]
 
 
-def torch_forward(model, rows: list[list[int]], *, pixel_values=None, image_grid_thw=None, mode: str):
-  """Final hidden states and logits from transformers, right-padded, positions as `mode` asks."""
+def torch_inputs(rows: list[list[int]], *, pixel_values=None, image_grid_thw=None, mode: str):
+  """transformers keyword arguments for right-padded `rows` with positions as `mode` asks, and the [B, L] mask."""
   length = max(len(r) for r in rows)
   ids = torch.zeros((len(rows), length), dtype=torch.long)
   mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -91,8 +91,14 @@ def torch_forward(model, rows: list[list[int]], *, pixel_values=None, image_grid
     kwargs["position_ids"] = pos[None].expand(3, -1, -1)
   else:
     raise ValueError(mode)
+  return kwargs, mask.numpy().astype(bool)
+
+
+def torch_forward(model, rows: list[list[int]], *, pixel_values=None, image_grid_thw=None, mode: str):
+  """Final hidden states and logits from transformers, right-padded, positions as `mode` asks."""
+  kwargs, mask = torch_inputs(rows, pixel_values=pixel_values, image_grid_thw=image_grid_thw, mode=mode)
   with torch.no_grad():
     model.model.rope_deltas = None
     hidden = model.model(**kwargs).last_hidden_state
     logits = model.lm_head(hidden)
-  return hidden.numpy(), logits.numpy(), mask.numpy().astype(bool)
+  return hidden.numpy(), logits.numpy(), mask
