@@ -1,4 +1,4 @@
-"""Structural properties of the backbone: scanned depth, remat policies, dtypes."""
+"""Structural properties of the backbone: scanned depth, remat policies, dtypes, initial weights."""
 
 from __future__ import annotations
 
@@ -79,3 +79,20 @@ def test_unknown_options_are_rejected():
   with pytest.raises(ValueError, match="attention implementation"):
     nnx.jit(lambda m, b: m(**b))(Qwen25VL(TINY, RuntimeOptions(attention_impl="flash"), rngs=nnx.Rngs(0)),
                                  batch_for(TINY))
+
+
+def test_fresh_weights_follow_each_towers_initializer_range():
+  cfg = TINY.replace(vision=dataclasses.replace(TINY.vision, initializer_range=0.05),
+                     text=dataclasses.replace(TINY.text, initializer_range=0.3))
+  drawn = 0
+  for path, value in nnx.iter_graph(Qwen25VL(cfg, rngs=nnx.Rngs(0))):
+    if not isinstance(value, nnx.Param):
+      continue
+    values = np.asarray(value[...])
+    if path[-1] in ("bias", "scale"):
+      np.testing.assert_array_equal(values, 0.0 if path[-1] == "bias" else 1.0, err_msg=str(path))
+      continue
+    expected = 0.05 if path[0] == "visual" else 0.3
+    assert abs(values.std() / expected - 1) < 0.1, (path, values.std())
+    drawn += 1
+  assert drawn == 8 + 9  # vision: patch_embed, qkv, proj, 3 MLP, fc1, fc2; text: embed, lm_head, q, k, v, o, 3 MLP

@@ -29,6 +29,7 @@ class VisionConfig:
   hidden_act: str = "silu"
   rope_theta: float = 10000.0
   tokens_per_second: int = 2
+  initializer_range: float = 0.02  # std of freshly drawn weights (transformers' field); checkpoints overwrite them
 
   @property
   def head_dim(self) -> int:
@@ -74,6 +75,7 @@ class TextConfig:
   mrope_section: tuple[int, ...] = DEFAULT_MROPE_SECTION
   hidden_act: str = "silu"
   tie_word_embeddings: bool = False
+  initializer_range: float = 0.02
 
   @property
   def head_dim(self) -> int:
@@ -158,6 +160,7 @@ def from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
       mrope_section=tuple(rope.get("mrope_section", DEFAULT_MROPE_SECTION)),
       hidden_act=text.get("hidden_act", "silu"),
       tie_word_embeddings=bool(tie),
+      initializer_range=text.get("initializer_range", hf.get("initializer_range", defaults_t.initializer_range)),
   )
   vis_rope = _rope(vis)
   vision_cfg = VisionConfig(
@@ -175,6 +178,7 @@ def from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
       hidden_act=vis.get("hidden_act", "silu"),
       rope_theta=float(vis_rope.get("rope_theta", 10000.0)),
       tokens_per_second=vis.get("tokens_per_second", 2),
+      initializer_range=vis.get("initializer_range", defaults_v.initializer_range),
   )
   return ModelConfig(
       vision=vision_cfg,
@@ -210,6 +214,7 @@ def to_hf_dict(cfg: ModelConfig) -> dict[str, Any]:
           "tie_word_embeddings": t.tie_word_embeddings,
           "rope_theta": t.rope_theta,
           "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section), "rope_type": "default"},
+          "initializer_range": t.initializer_range,
       },
       "vision_config": {
           "model_type": "qwen2_5_vl_vision",
@@ -226,5 +231,6 @@ def to_hf_dict(cfg: ModelConfig) -> dict[str, Any]:
           "fullatt_block_indexes": list(v.fullatt_block_indexes),
           "hidden_act": v.hidden_act,
           "tokens_per_second": v.tokens_per_second,
+          "initializer_range": v.initializer_range,
       },
   }

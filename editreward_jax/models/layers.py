@@ -15,14 +15,16 @@ from flax import nnx
 
 Dtype = jnp.dtype
 
-_INIT_STD = 0.02  # transformers' initializer_range for Qwen2.5-VL
 
-
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...], init: str) -> nnx.Param:
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: tuple[str | None, ...], init: str,
+          std: float | None = None) -> nnx.Param:
+  """A parameter drawn as `init` says: "normal" (mean 0, `std`; the config's initializer_range), "zeros", "ones"."""
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match shape {shape}")
+  if (init == "normal") != (std is not None):
+    raise ValueError(f"std is required by, and only by, the normal init (init {init!r}, std {std})")
   if init == "normal":
-    value = _INIT_STD * jax.random.normal(rngs.params(), shape, dtype)
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
   elif init == "zeros":
     value = jnp.zeros(shape, dtype)
   elif init == "ones":
@@ -36,8 +38,8 @@ class Linear(nnx.Module):
   """y = x @ kernel (+ bias), computed in `dtype` with parameters stored in `param_dtype`."""
 
   def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
-               dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
-    self.kernel = param(rngs, (in_features, out_features), param_dtype, axes, "normal")
+               init_std: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+    self.kernel = param(rngs, (in_features, out_features), param_dtype, axes, "normal", init_std)
     self.bias = param(rngs, (out_features,), param_dtype, axes[1:], "zeros") if use_bias else None
     self.dtype = dtype
 
@@ -65,10 +67,10 @@ class RMSNorm(nnx.Module):
 class GatedMLP(nnx.Module):
   """SwiGLU: down(act(gate(x)) * up(x)); the vision tower uses biases, the text decoder does not."""
 
-  def __init__(self, dim: int, hidden: int, act: str, axes: tuple[str, str], *, use_bias: bool, dtype: Dtype,
-               param_dtype: Dtype, rngs: nnx.Rngs):
+  def __init__(self, dim: int, hidden: int, act: str, axes: tuple[str, str], *, use_bias: bool, init_std: float,
+               dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
     embed_axis, mlp_axis = axes
-    kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(use_bias=use_bias, init_std=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.gate_proj = Linear(dim, hidden, (embed_axis, mlp_axis), **kw)
     self.up_proj = Linear(dim, hidden, (embed_axis, mlp_axis), **kw)
     self.down_proj = Linear(hidden, dim, (mlp_axis, embed_axis), **kw)

@@ -37,13 +37,14 @@ class Qwen25VL(nnx.Module):
     self.options = options
     dtype, param_dtype = jnp.dtype(options.dtype), jnp.dtype(options.param_dtype)
     t = cfg.text
-    self.embed_tokens = layers.param(rngs, (t.vocab_size, t.hidden_size), param_dtype, ("vocab", "embed"), "normal")
+    self.embed_tokens = layers.param(rngs, (t.vocab_size, t.hidden_size), param_dtype, ("vocab", "embed"), "normal",
+                                     t.initializer_range)
     self.visual = VisionTower(cfg.vision, dtype=dtype, param_dtype=param_dtype, remat=options.remat,
                               attention_impl=options.attention_impl, rngs=rngs)
     self.decoder = TextDecoder(t, dtype=dtype, param_dtype=param_dtype, remat=options.remat,
                                attention_impl=options.attention_impl, rngs=rngs)
     self.lm_head = None if t.tie_word_embeddings else layers.param(
-        rngs, (t.hidden_size, t.vocab_size), param_dtype, ("embed", "vocab"), "normal")
+        rngs, (t.hidden_size, t.vocab_size), param_dtype, ("embed", "vocab"), "normal", t.initializer_range)
     self.dtype = dtype
 
   def embed(self, input_ids: jax.Array, image_slots: jax.Array | None,

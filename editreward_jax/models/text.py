@@ -31,7 +31,7 @@ class TextAttention(nnx.Module):
 
   def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     d, hd = cfg.hidden_size, cfg.head_dim
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q_proj = layers.Linear(d, cfg.num_attention_heads * hd, ("embed", "q_heads"), use_bias=True, **kw)
     self.k_proj = layers.Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
     self.v_proj = layers.Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
@@ -57,7 +57,7 @@ class DecoderLayer(nnx.Module):
     self.self_attn = TextAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.post_attention_layernorm = layers.RMSNorm(d, cfg.rms_norm_eps, "norm", param_dtype=param_dtype, rngs=rngs)
     self.mlp = layers.GatedMLP(d, cfg.intermediate_size, cfg.hidden_act, ("embed", "mlp"), use_bias=False,
-                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                               init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x, cos, sin, lengths, implementation):
     x = x + self.self_attn(self.input_layernorm(x), cos, sin, lengths, implementation)

@@ -35,10 +35,10 @@ class VisionAttention(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     c = cfg.hidden_size
-    self.qkv = layers.Linear(c, 3 * c, ("vis_embed", "vis_qkv"), use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
-    self.proj = layers.Linear(c, c, ("vis_heads", "vis_embed"), use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                              rngs=rngs)
+    self.qkv = layers.Linear(c, 3 * c, ("vis_embed", "vis_qkv"), use_bias=True,
+                             init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.proj = layers.Linear(c, c, ("vis_heads", "vis_embed"), use_bias=True,
+                              init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.head_dim
 
@@ -76,7 +76,7 @@ class VisionBlock(nnx.Module):
     self.attn = VisionAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm2 = layers.RMSNorm(c, _VISION_NORM_EPS, "vis_norm", param_dtype=param_dtype, rngs=rngs)
     self.mlp = layers.GatedMLP(c, cfg.intermediate_size, cfg.hidden_act, ("vis_embed", "vis_mlp"), use_bias=True,
-                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                               init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x, cos, sin, full, vb, implementation):
     x = x + self.attn(self.norm1(x), cos, sin, full, vb, implementation)
@@ -89,10 +89,10 @@ class PatchMerger(nnx.Module):
   def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     c = cfg.hidden_size * cfg.merge_unit
     self.ln_q = layers.RMSNorm(cfg.hidden_size, _VISION_NORM_EPS, "vis_norm", param_dtype=param_dtype, rngs=rngs)
-    self.fc1 = layers.Linear(c, c, ("vis_merge", "vis_merge_out"), use_bias=True, dtype=dtype,
-                             param_dtype=param_dtype, rngs=rngs)
-    self.fc2 = layers.Linear(c, cfg.out_hidden_size, ("vis_merge_out", "embed"), use_bias=True, dtype=dtype,
-                             param_dtype=param_dtype, rngs=rngs)
+    self.fc1 = layers.Linear(c, c, ("vis_merge", "vis_merge_out"), use_bias=True,
+                             init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc2 = layers.Linear(c, cfg.out_hidden_size, ("vis_merge_out", "embed"), use_bias=True,
+                             init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.merged_dim = c
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -109,7 +109,7 @@ class VisionTower(nnx.Module):
     self.remat = remat
     self.attention_impl = attention_impl
     self.patch_embed = layers.Linear(cfg.patch_dim, cfg.hidden_size, ("vis_patch", "vis_embed"), use_bias=False,
-                                     dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                     init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.blocks = scan.make_stack(lambda r: VisionBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
                                   cfg.depth, "vis_layers", rngs)
     self.merger = PatchMerger(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
