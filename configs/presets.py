@@ -29,14 +29,17 @@ MIMO_VL_7B = ModelConfig(
                     tie_word_embeddings=False))
 
 # A CPU-sized model with the real structure (window + full-attention blocks, M-RoPE sections, GQA), sized for the
-# bundled tiny tokenizer (data/tiny_tokenizer: 1023 tokens + <|Reward|>) and its special-token ids.
+# bundled tiny tokenizer (data/tiny_tokenizer: 1023 tokens + <|Reward|>) and its special-token ids. Fresh weights
+# are drawn at std 1/sqrt(width), not the released 0.02, which suits widths in the thousands: at width 64/128 it
+# leaves attention logits near zero, and the tiny model trained from scratch on the demo set stayed near chance
+# (docs/learnability.md).
 TINY = ModelConfig(
     vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128,
                         patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56,
-                        fullatt_block_indexes=(1, 3)),
+                        fullatt_block_indexes=(1, 3), initializer_range=64**-0.5),
     text=TextConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
-                    mrope_section=(4, 6, 6)),
+                    mrope_section=(4, 6, 6), initializer_range=128**-0.5),
     image_token_id=1013, video_token_id=1014, vision_start_token_id=1010, vision_end_token_id=1011)
 
 PRESETS = {"qwen25vl3b": QWEN25VL_3B, "qwen25vl7b": QWEN25VL_7B, "mimo7b": MIMO_VL_7B, "tiny": TINY}

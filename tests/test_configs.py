@@ -58,9 +58,11 @@ def test_nested_layout_round_trips():
     assert from_hf_dict(json.loads(json.dumps(to_hf_dict(cfg)))) == cfg
 
 
-def test_transformers_reads_our_hf_dict_like_we_do():
-  hf = transformers.Qwen2_5_VLConfig(**to_hf_dict(presets.MIMO_VL_7B))
-  assert from_hf_dict(hf.to_dict()) == presets.MIMO_VL_7B
+@pytest.mark.parametrize("name", ["mimo7b", "tiny"])  # tiny: initializer_range differs from the default, per tower
+def test_transformers_reads_our_hf_dict_like_we_do(name):
+  cfg = presets.PRESETS[name]
+  hf = transformers.Qwen2_5_VLConfig(**to_hf_dict(cfg))
+  assert from_hf_dict(hf.to_dict()) == cfg
 
 
 def test_project_config_dict_round_trip():
