@@ -3,8 +3,8 @@
   python scripts/learn_demo.py [--data_dir=DIR] [--steps=2000] [--lr=3e-4] [--dimension_weight=0]
 
 Builds the demo set (data.demo_config) into --data_dir (default: a fresh temporary folder), trains
-RewardModel(TINY) in float32 with AdamW (linear warmup, then constant; global-norm clip 1.0) and head dropout on:
-the reference's loss (Gauss-Hermite, on the mean-fused outputs, weighted by pair_weight), plus, with
+RewardModel(TINY) in float32 with AdamW (linear warmup, then constant or --decay=cosine; global-norm clip 1.0) and
+head dropout on: the reference's loss (Gauss-Hermite, on the mean-fused outputs, weighted by pair_weight), plus, with
 --dimension_weight > 0, each head's own loss against that dimension's label (losses.multi_dimensional_loss). Training
 pairs follow --tie_policy (default "drop": ties give no pair). Every --eval_every steps it measures, over the test
 split's non-tie pairs, the fused accuracy mean(mu_A > mu_B) on the overall vote, and each head's accuracy on the pairs
@@ -45,6 +45,8 @@ flags.DEFINE_integer("steps", 2000, "Training steps.")
 flags.DEFINE_integer("batch_pairs", 8, "Pairs per batch (training and evaluation).")
 flags.DEFINE_float("lr", 3e-4, "Peak learning rate of AdamW.")
 flags.DEFINE_integer("warmup", 20, "Linear warmup steps.")
+flags.DEFINE_enum("decay", "constant", ["constant", "cosine"],
+                  "After warmup: hold the peak (the reference configs) or cosine to 0 at --steps (the paper).")
 flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay.")
 flags.DEFINE_float("dimension_weight", 0.0, "Weight of each head's loss on its own dimension's label (0: fused only).")
 flags.DEFINE_enum("tie_policy", "drop", ["drop", "duplicate", "disagree"], "How training ties become pairs.")
@@ -132,8 +134,13 @@ def main(argv):
   test_pairs = sum(int(b["pair_valid"].sum()) for b in test)
 
   model = RewardModel(TINY, rngs=nnx.Rngs(FLAGS.seed))  # float32 (RuntimeOptions' default)
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, FLAGS.lr, FLAGS.warmup),
-                                   optax.constant_schedule(FLAGS.lr)], [FLAGS.warmup])
+  if FLAGS.decay == "cosine":
+    if FLAGS.warmup >= FLAGS.steps:
+      raise app.UsageError(f"--decay=cosine needs --warmup ({FLAGS.warmup}) below --steps ({FLAGS.steps})")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, FLAGS.lr, FLAGS.warmup, FLAGS.steps)
+  else:
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, FLAGS.lr, FLAGS.warmup),
+                                     optax.constant_schedule(FLAGS.lr)], [FLAGS.warmup])
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=FLAGS.weight_decay))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -158,7 +165,7 @@ def main(argv):
       "steps": FLAGS.steps, "pairs_seen": pairs_seen, "test_pairs": test_pairs,
       "test_accuracy_before": curve[0]["fused"], "test_accuracy_after": curve[FLAGS.steps]["fused"],
       "curve": {str(s): acc for s, acc in curve.items()}, "image_size": FLAGS.image_size,
-      "num_train_pairs": FLAGS.num_train_pairs, "batch_pairs": FLAGS.batch_pairs, "lr": FLAGS.lr,
+      "num_train_pairs": FLAGS.num_train_pairs, "batch_pairs": FLAGS.batch_pairs, "lr": FLAGS.lr, "decay": FLAGS.decay,
       "dimension_weight": FLAGS.dimension_weight, "tie_policy": FLAGS.tie_policy, "seed": FLAGS.seed,
       "seconds": round(time.time() - t0, 1)}))
 

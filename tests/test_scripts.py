@@ -33,8 +33,9 @@ def test_bench_train_step():
 @pytest.mark.slow
 def test_learn_demo_runs_and_reports_a_curve(tmp_path):
   report = run_script("scripts/learn_demo.py", f"--data_dir={tmp_path}", "--num_train_pairs=24", "--num_test_pairs=12",
-                      "--image_size=28", "--steps=2", "--eval_every=1", "--dimension_weight=0.5")
-  assert list(report["curve"]) == ["0", "1", "2"]
+                      "--image_size=28", "--steps=2", "--eval_every=1", "--dimension_weight=0.5", "--decay=cosine",
+                      "--warmup=1")
+  assert list(report["curve"]) == ["0", "1", "2"] and report["decay"] == "cosine"
   assert report["pairs_seen"] == 16 and report["test_pairs"] > 0
   for accuracy in report["curve"].values():
     assert set(accuracy) == {"fused", "instruction_following", "visual_quality"}
