@@ -23,7 +23,7 @@ from flax import nnx
 
 from convert import hf_keys
 from convert.safetensors_io import CheckpointReader
-from editreward_jax import checkpoints, processing
+from editreward_jax import model_dir, processing
 from editreward_jax.models import positions
 from editreward_jax.models.config import ModelConfig, from_hf_dict
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
@@ -138,7 +138,7 @@ def load_backbone(base: str, *, param_dtype: str = "auto", mesh=None, reader: Ch
     rows = reader.shape(index[EMBED_KEY])[0]
     cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=rows)).validate()
   options = RuntimeOptions(param_dtype=resolve_param_dtype(param_dtype, reader, index))
-  _, _, abstract = checkpoints.abstract_params(cfg, options, mesh=mesh)
+  _, _, abstract = model_dir.abstract_params(cfg, options, mesh=mesh)
   check_tensors(reader, index, cfg, abstract["backbone"], ignore_prefixes=("rm_heads.",))
   rows = cfg.text.vocab_size if vocab_size is None else vocab_size
   if rows > cfg.text.vocab_size:
@@ -146,7 +146,7 @@ def load_backbone(base: str, *, param_dtype: str = "auto", mesh=None, reader: Ch
                      f"{cfg.text.vocab_size}")
   if rows < cfg.text.vocab_size:  # as transformers' resize_token_embeddings shrinks: keep the first rows
     cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=rows)).validate()
-    _, _, abstract = checkpoints.abstract_params(cfg, options, mesh=mesh)
+    _, _, abstract = model_dir.abstract_params(cfg, options, mesh=mesh)
   return cfg, load_specs(reader, index, hf_keys.param_specs(cfg), abstract["backbone"])
 
 
@@ -213,7 +213,7 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
   reader = reward_reader(reward_weights) if reward_weights else None
   cfg, backbone = load_backbone(base, param_dtype=param_dtype, mesh=mesh, reader=reader,
                                 vocab_size=None if tokenizer is None else len(tokenizer))
-  _, _, abstract = checkpoints.abstract_params(cfg, RuntimeOptions(), mesh=mesh)
+  _, _, abstract = model_dir.abstract_params(cfg, RuntimeOptions(), mesh=mesh)
   if reader is not None:
     heads = load_heads(reader, abstract)
   else:
@@ -224,7 +224,7 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
               "max_pixels": max_pixels, "source": os.path.abspath(base),
               "reward_weights": os.path.abspath(reward_weights) if reward_weights else None,
               "heads": "released" if reward_weights else f"initialised (seed {seed})"}
-  checkpoints.save_model_dir(out, {"backbone": backbone, "heads": heads}, cfg, HeadConfig(), settings, tokenizer)
+  model_dir.save_model_dir(out, {"backbone": backbone, "heads": heads}, cfg, HeadConfig(), settings, tokenizer)
   return out
 
 

@@ -17,9 +17,9 @@ import re
 import string
 from typing import Iterable, Iterator
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data import parquet
 from data.local_builder import LocalBuilder

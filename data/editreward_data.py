@@ -9,13 +9,22 @@ import math
 import pathlib
 from typing import Iterator
 
-from absl import logging
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data import parquet
 from data.local_builder import LocalBuilder
-from data.schema import (COLUMNS, IMAGE_COLUMNS, INT_COLUMNS, SCORE_COLUMNS, TEXT_COLUMNS, VOTE_TYPES, image_path_field,
-                         pair_features, row_error)
+from data.schema import (
+  COLUMNS,
+  IMAGE_COLUMNS,
+  INT_COLUMNS,
+  SCORE_COLUMNS,
+  TEXT_COLUMNS,
+  VOTE_TYPES,
+  image_path_field,
+  pair_features,
+  row_error,
+)
 
 _SHARD_PATTERN = "train-*.parquet"
 # Columns whose nulls would make a row meaningless; other text columns read null as '' and int columns as -1.

@@ -31,9 +31,9 @@ import itertools
 import math
 from typing import Iterator, Sequence, TypeVar
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from data import demo_images
 from data.demo_images import Scene, Shape

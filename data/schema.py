@@ -1,9 +1,7 @@
-"""The pair-row schema shared by every pairwise data set of the project.
+"""TFDS feature specs of the pair-row schema; the schema itself (columns, DataError) is editreward_jax/schema.py.
 
-EditReward-Data, the synthetic demo set and the reference trainer's JSON all become rows with the EditReward-Data
-columns, so the pipeline reads one schema. Types once read back: text columns are `str`, `pair_index` and
-`metadata_index` are `int`, scores are `float` (float32 values), image columns hold the encoded image bytes (PNG or
-JPEG, any mode) and `<image column>_path` keeps the `path` member of the parquet image struct ('' when null).
+Everything of editreward_jax.schema is re-exported here, so `data.schema.DataError` and `data.schema.COLUMNS` name
+the same objects as the library's.
 """
 
 from __future__ import annotations
@@ -11,40 +9,24 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from editreward_jax.schema import (
+  COLUMNS,
+  DIMENSIONS,
+  IMAGE_COLUMNS,
+  INT_COLUMNS,
+  SCORE_COLUMNS,
+  SIDES,
+  TEXT_COLUMNS,
+  VOTE_TYPES,
+  DataError,
+  image_path_field,
+  row_error,
+  vote_from_scores,
+)
 
-class DataError(ValueError):
-  """A bad input file or row; the message names the file, the row and the field."""
-
-
-def row_error(path: object, row: str, field: str, problem: str) -> DataError:
-  """`row` reads like 'row 12' (parquet, 0-based) or 'line 3' (JSON, 1-based)."""
-  return DataError(f"{path}: {row}: field {field!r}: {problem}")
-
-
-SIDES = ("left", "right")
-DIMENSIONS = ("overall", "instruction_following", "quality_aesthetic")
-VOTE_TYPES = ("leftvote", "rightvote", "tie")
-
-IMAGE_COLUMNS = ("source_img", "left_output_image", "right_output_image")
-TEXT_COLUMNS = ("key", "unique_key", "instruction", "left_model", "right_model", "vote_type", "left_img_rel",
-                "right_img_rel")
-INT_COLUMNS = ("pair_index", "metadata_index")
-SCORE_COLUMNS = tuple(f"{side}_{dim}_score" for side in SIDES for dim in DIMENSIONS)
-# Columns of EditReward-Data, in its order.
-COLUMNS = ("key", "unique_key", "pair_index", "instruction", *IMAGE_COLUMNS, "left_model", "right_model",
-           *SCORE_COLUMNS, "vote_type", "metadata_index", "left_img_rel", "right_img_rel")
-
-
-def image_path_field(column: str) -> str:
-  return f"{column}_path"
-
-
-def vote_from_scores(left_overall: float, right_overall: float) -> str:
-  if left_overall > right_overall:
-    return "leftvote"
-  if right_overall > left_overall:
-    return "rightvote"
-  return "tie"
+__all__ = ["COLUMNS", "DIMENSIONS", "IMAGE_COLUMNS", "INT_COLUMNS", "SCORE_COLUMNS", "SIDES", "TEXT_COLUMNS",
+           "VOTE_TYPES", "DataError", "encoded_image_feature", "image_path_field", "pair_features", "row_error",
+           "vote_from_scores"]
 
 
 def encoded_image_feature(doc: str) -> tfds.features.Tensor:

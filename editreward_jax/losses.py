@@ -49,7 +49,7 @@ def delta_and_log_tau(mu_a: jax.Array, log_sigma_a: jax.Array, mu_b: jax.Array,
   return mu_a - mu_b, 0.5 * jnp.logaddexp(2.0 * log_sigma_a, 2.0 * log_sigma_b)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _standard_normal_rule(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
   """Nodes and log weights with E_{eps~N(0,1)}[f(eps)] ~= sum_i exp(log_w_i) f(node_i), in float64.
 

@@ -20,11 +20,11 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
-SIDES = ("left", "right")
+from editreward_jax.schema import SIDES, VOTE_TYPES
+
 # Score field stems in head order: head_0 judges instruction following, head_1 visual quality.
 DIMENSIONS = ("instruction_following", "quality_aesthetic")
 TIE_POLICIES = ("duplicate", "disagree", "drop")
-VOTE_TYPES = ("leftvote", "rightvote", "tie")
 
 
 @dataclasses.dataclass(frozen=True)

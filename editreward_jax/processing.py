@@ -22,7 +22,7 @@ import dataclasses
 import io
 import math
 import os
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import PIL.Image
@@ -35,7 +35,7 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # OPENAI_
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)  # OPENAI_CLIP_STD
 MAX_ASPECT_RATIO = 200
 
-ImageInput = Union[PIL.Image.Image, str, os.PathLike, bytes, bytearray, memoryview, Mapping[str, Any]]
+ImageInput = PIL.Image.Image | str | os.PathLike | bytes | bytearray | memoryview | Mapping[str, Any]
 
 
 class ImageError(ValueError):

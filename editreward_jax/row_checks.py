@@ -17,9 +17,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import PIL.Image
 
-from data.schema import IMAGE_COLUMNS, SCORE_COLUMNS, row_error
 from editreward_jax import pairs
 from editreward_jax.processing import MAX_ASPECT_RATIO
+from editreward_jax.schema import IMAGE_COLUMNS, SCORE_COLUMNS, row_error
 
 BAD_ROW_POLICIES = ("raise", "skip")
 SKIP_REASONS = (

@@ -33,7 +33,7 @@ def main(argv):
 
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
   from convert.from_hf import import_hf
-  from editreward_jax.checkpoints import load_model
+  from editreward_jax.model_dir import load_model
   from editreward_jax.models import inputs
   from torch_reference import image_tokens, random_pixels, redraw_, tiny_hf_config
 

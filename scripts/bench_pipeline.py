@@ -42,6 +42,7 @@ def settings():
 def exact_patch_bucket(model_cfg, pixels: int, batch_pairs: int) -> int:
   """Vision patch slots of a batch of square images of `pixels` pixels: no padding for the demo's square images."""
   import numpy as np
+
   from editreward_jax.models import vision_layout
   from editreward_jax.processing import smart_resize
   v = model_cfg.vision
@@ -61,6 +62,7 @@ def demo_source(data_dir: str, image_size: int):
 
 def run(name: str, source, image_size: int, pixels: int, model_cfg, workers: int, tokenizer) -> dict:
   import numpy as np
+
   from editreward_jax import pipeline, prompts
   config = pipeline.PipelineConfig(
       batch_pairs=FLAGS.batch_pairs, patch_buckets=(exact_patch_bucket(model_cfg, pixels, FLAGS.batch_pairs),),

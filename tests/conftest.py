@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 @pytest.fixture(scope="session")
 def tiny_torch():
+  pytest.importorskip("torch")  # the fixtures below build on this one, so their tests skip too
   from torch_reference import tiny_torch_model
   return tiny_torch_model(seed=0)
 
@@ -32,6 +33,6 @@ def tiny_ckpt(tiny_hf_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_jax(tiny_ckpt):
-  from editreward_jax.checkpoints import load_model
+  from editreward_jax.model_dir import load_model
   model, _ = load_model(tiny_ckpt)
   return model.backbone

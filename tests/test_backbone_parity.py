@@ -5,11 +5,16 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 from editreward_jax.models import inputs, vision_layout
+
+pytest.importorskip("torch")  # what follows needs PyTorch: without it the module is skipped, not an error
+import torch
+
 from torch_reference import IMAGE_TOKEN, image_tokens, random_pixels, torch_forward
+
+pytestmark = pytest.mark.torch
 
 TOL = 1e-4
 # Two images of different sizes: 56x84 px (grid 4x6) and 112x168 px (grid 8x12); with window_size 56 they span

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import transformers
 
 from configs import presets
@@ -14,12 +13,14 @@ from editreward_jax.models.qwen2_5_vl import abstract_model, count_params
 
 
 def torch_param_count(cfg: ModelConfig) -> int:
+  torch = pytest.importorskip("torch")
   hf = transformers.Qwen2_5_VLConfig(**to_hf_dict(cfg))
   with torch.device("meta"):
     model = transformers.Qwen2_5_VLForConditionalGeneration(hf)
   return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["qwen25vl3b", "qwen25vl7b", "mimo7b", "tiny"])
 def test_preset_param_count_matches_transformers(name):
   cfg = presets.PRESETS[name]

@@ -17,10 +17,14 @@ import transformers
 
 from convert import from_hf, to_torch
 from convert.safetensors_io import CheckpointReader, save_file
-from convert.torch_reward import EditRewardTorch
-from editreward_jax import checkpoints, scoring
+from editreward_jax import model_dir, scoring
 from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN
+
+pytest.importorskip("torch")  # what follows needs PyTorch: without it the module is skipped, not an error
+from convert.torch_reward import EditRewardTorch
 from torch_editreward import SHORT_PROMPTS, SMALL_PIXELS, as_array, import_release, release, sample_edits
+
+pytestmark = pytest.mark.torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # scores are O(1)
@@ -33,7 +37,7 @@ def released(tmp_path_factory):
 
 def stored_params(ckpt: str) -> dict:
   """Every parameter of a model directory as stored, dtype included."""
-  path = os.path.abspath(os.path.join(ckpt, checkpoints.PARAMS_DIR))
+  path = os.path.abspath(os.path.join(ckpt, model_dir.PARAMS_DIR))
   with ocp.PyTreeCheckpointer() as c:
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), c.metadata(path).item_metadata.tree)
     return c.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
@@ -99,7 +103,7 @@ def test_cli(released, tmp_path):
   bad = run(f"--checkpoint={base}", f"--out={tmp_path / 'nothing'}")
   assert bad.returncode != 0
   last = bad.stderr.strip().splitlines()[-1]
-  assert last.startswith("error:") and base in last and checkpoints.META_FILE in last
+  assert last.startswith("error:") and base in last and model_dir.META_FILE in last
   with pytest.raises(FileNotFoundError, match="is not a model directory"):
     to_torch.export_torch(str(tmp_path), str(tmp_path / "nothing"))
 

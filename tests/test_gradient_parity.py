@@ -11,12 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
 from convert import hf_keys
 from editreward_jax.models import inputs
+
+pytest.importorskip("torch")  # what follows needs PyTorch: without it the module is skipped, not an error
+import torch
+
 from torch_reference import image_tokens, random_pixels, torch_inputs
+
+pytestmark = pytest.mark.torch
 
 REL_TOL = 1e-4  # of each tensor's largest gradient; measured worst is about 3e-6
 GRIDS = np.array([[1, 4, 6], [1, 8, 12], [1, 4, 6]])

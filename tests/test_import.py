@@ -13,12 +13,16 @@ import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import torch
 from flax import nnx
 
 from convert import from_hf
 from convert.safetensors_io import CheckpointReader, save_file
-from editreward_jax import checkpoints
+from editreward_jax import model_dir
+
+pytest.importorskip("torch")  # what follows needs PyTorch: without it the module is skipped, not an error
+import torch
+
+pytestmark = pytest.mark.torch
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -53,7 +57,7 @@ def in_memory_tensors(tiny_torch):
 
 def params_of(ckpt: str):
   """Backbone parameters (NumPy) and metadata of a model directory."""
-  model, meta = checkpoints.load_model(ckpt)
+  model, meta = model_dir.load_model(ckpt)
   return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param))), meta
 
 
@@ -89,7 +93,7 @@ def test_bf16_checkpoint_keeps_its_dtype(tiny_hf_dir, tiny_torch, tmp_path):
   hf = write_hf_dir(tiny_hf_dir, str(tmp_path / "hf"), bf16)
   ckpt = from_hf.import_hf(hf, str(tmp_path / "ckpt"))
   with ocp.StandardCheckpointer() as c:
-    stored = c.metadata(os.path.abspath(os.path.join(ckpt, checkpoints.PARAMS_DIR))).item_metadata
+    stored = c.metadata(os.path.abspath(os.path.join(ckpt, model_dir.PARAMS_DIR))).item_metadata
   assert stored["backbone"]["decoder"]["layers"]["mlp"]["up_proj"]["kernel"].dtype == ml_dtypes.bfloat16
   params, _ = params_of(ckpt)
   np.testing.assert_array_equal(params["decoder"]["layers"]["mlp"]["up_proj"]["kernel"][0],
@@ -101,7 +105,7 @@ def test_embedding_is_sized_from_the_tensor(tiny_hf_dir, in_memory_tensors, tmp_
   for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
     t[k] = t[k][:-4]  # e.g. a table resized to len(tokenizer)
   ckpt = from_hf.import_hf(write_hf_dir(tiny_hf_dir, str(tmp_path / "hf"), t), str(tmp_path / "ckpt"))
-  assert checkpoints.read_meta(ckpt).model.text.vocab_size == t["lm_head.weight"].shape[0]
+  assert model_dir.read_meta(ckpt).model.text.vocab_size == t["lm_head.weight"].shape[0]
 
 
 @pytest.mark.parametrize("case", ["missing", "unexpected", "misshaped"])

@@ -15,9 +15,13 @@ from transformers import AutoTokenizer
 
 from convert import from_hf
 from convert.safetensors_io import CheckpointReader, save_file
-from editreward_jax import checkpoints, processing, scoring
+from editreward_jax import model_dir, processing, scoring
 from editreward_jax.prompts import REWARD_TOKEN, prompts_from_dict
+
+pytest.importorskip("torch")  # what follows needs PyTorch: without it the module is skipped, not an error
 from torch_editreward import SMALL_PIXELS, as_array, import_release, reference_scores, release, sample_edits
+
+pytestmark = pytest.mark.torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # scores are O(1)
@@ -36,7 +40,7 @@ def ckpt(released, tmp_path_factory):
 
 def test_reward_token_is_appended_to_the_base_tokenizer(released, ckpt):
   _, base, _ = released
-  meta = checkpoints.read_meta(ckpt)
+  meta = model_dir.read_meta(ckpt)
   tokenizer = processing.load_tokenizer(meta.tokenizer_dir)
   assert tokenizer.convert_tokens_to_ids(REWARD_TOKEN) == len(AutoTokenizer.from_pretrained(base))
   assert meta.model.text.vocab_size == len(tokenizer)
@@ -45,7 +49,7 @@ def test_reward_token_is_appended_to_the_base_tokenizer(released, ckpt):
 def test_scores_match_the_reference_forward(released, ckpt):
   model, _, _ = released
   instructions, sources, edits = sample_edits()
-  meta = checkpoints.read_meta(ckpt)
+  meta = model_dir.read_meta(ckpt)
   processor = processing.Processor(processing.load_tokenizer(meta.tokenizer_dir),
                                    prompts_from_dict(meta.settings["prompts"]), **SMALL_PIXELS)
   want = reference_scores(model, [processor(*e) for e in zip(instructions, sources, edits)])
@@ -62,7 +66,7 @@ def test_cli_imports_the_same_parameters(released, ckpt, tmp_path):
   run = subprocess.run([sys.executable, "-m", "convert.from_hf", f"--base={base}", f"--reward_weights={weights}",
                         f"--out={out}", "--param_dtype=float32"], capture_output=True, text=True, cwd=ROOT)
   assert run.returncode == 0, run.stderr
-  params = [nnx.to_pure_dict(nnx.state(checkpoints.load_model(c)[0], nnx.Param)) for c in (str(out), ckpt)]
+  params = [nnx.to_pure_dict(nnx.state(model_dir.load_model(c)[0], nnx.Param)) for c in (str(out), ckpt)]
   assert jax.tree.structure(params[0]) == jax.tree.structure(params[1])
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params[0]), jax.tree.leaves(params[1])):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

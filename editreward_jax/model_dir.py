@@ -1,6 +1,6 @@
 """Model directories: Orbax parameters plus everything needed to use them.
 
-A model directory holds
+A model directory holds (a training workdir too, with params/ in each checkpoints/<step>/)
   editreward.json   format version, the model and head configs, and settings (position mode, fusion, prompts, ...)
   params/           the parameters of the reward model (backbone and heads) as an Orbax checkpoint of a nested dict
   tokenizer/        the tokenizer files, `<|Reward|>` included
@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 META_FILE = "editreward.json"
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"  # in a training workdir: checkpoints/<step>/params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,8 @@ class ModelMeta:
   model: ModelConfig
   head: HeadConfig
   settings: dict[str, Any]
-  directory: str
+  directory: str   # editreward.json and tokenizer/
+  params_dir: str  # holds params/: the directory itself, or a training step of a workdir
 
   @property
   def tokenizer_dir(self) -> str | None:
@@ -60,16 +62,37 @@ def write_meta(directory: str, cfg: ModelConfig, head: HeadConfig, settings: Map
     json.dump(meta, f, indent=2, sort_keys=True)
 
 
-def resolve(checkpoint: str) -> str:
-  """The model directory a CKPT argument names."""
+def _latest_step(workdir: str) -> str | None:
+  root = os.path.join(workdir, CHECKPOINT_DIR)
+  steps = [int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n, PARAMS_DIR))] \
+      if os.path.isdir(root) else []
+  return os.path.join(root, str(max(steps))) if steps else None
+
+
+def resolve(checkpoint: str) -> ModelMeta:
+  """The model a CKPT argument names: a model directory, a training workdir (its newest step) or one step of it
+  (WORKDIR/checkpoints/N, whose editreward.json and tokenizer are the workdir's)."""
+  checkpoint = os.path.abspath(os.path.expandvars(os.path.expanduser(checkpoint)))
   if not os.path.isdir(checkpoint):
     raise FileNotFoundError(f"checkpoint {checkpoint!r} is not a directory")
+  workdir = os.path.dirname(os.path.dirname(checkpoint))
+  if os.path.basename(os.path.dirname(checkpoint)) == CHECKPOINT_DIR and os.path.exists(os.path.join(workdir,
+                                                                                                     META_FILE)):
+    if not os.path.isdir(os.path.join(checkpoint, PARAMS_DIR)):
+      raise FileNotFoundError(f"{checkpoint} is not a complete training checkpoint ({PARAMS_DIR}/ is missing)")
+    return read_meta(workdir, params_dir=checkpoint)
   if not os.path.exists(os.path.join(checkpoint, META_FILE)):
-    raise FileNotFoundError(f"{checkpoint} is not a model directory ({META_FILE} is missing)")
-  return checkpoint
+    raise FileNotFoundError(f"{checkpoint} is not a model directory or training workdir ({META_FILE} is missing)")
+  if os.path.isdir(os.path.join(checkpoint, CHECKPOINT_DIR)):
+    step = _latest_step(checkpoint)
+    if step is None:
+      raise FileNotFoundError(f"training workdir {checkpoint} has no completed checkpoint yet")
+    return read_meta(checkpoint, params_dir=step)
+  return read_meta(checkpoint)
 
 
-def read_meta(directory: str) -> ModelMeta:
+def read_meta(directory: str, params_dir: str | None = None) -> ModelMeta:
+  """The metadata of a model directory; `params_dir` holds its params/ when that is elsewhere (a training step)."""
   path = os.path.join(directory, META_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{directory} is not a model directory: {META_FILE} is missing")
@@ -78,7 +101,7 @@ def read_meta(directory: str) -> ModelMeta:
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
   return ModelMeta(model=ModelConfig.from_dict(meta["model"]), head=HeadConfig(**meta["head"]),
-                   settings=meta.get("settings", {}), directory=directory)
+                   settings=meta.get("settings", {}), directory=directory, params_dir=params_dir or directory)
 
 
 def save_params(directory: str, params: Mapping[str, Any]) -> None:
@@ -132,12 +155,12 @@ def build_model(cfg: ModelConfig, params: Mapping[str, Any], options: RuntimeOpt
   return nnx.merge(graphdef, state)
 
 
-def load_model(directory: str, options: RuntimeOptions = RuntimeOptions(), mesh=None
+def load_model(checkpoint: str, options: RuntimeOptions = RuntimeOptions(), mesh=None
                ) -> tuple[RewardModel, ModelMeta]:
-  """The reward model stored in a model directory, parameters cast to `options.param_dtype` (heads stay float32)."""
-  meta = read_meta(directory)
+  """The reward model of a CKPT (see `resolve`), parameters cast to `options.param_dtype` (heads stay float32)."""
+  meta = resolve(checkpoint)
   graphdef, state, abstract = abstract_params(meta.model, options, meta.head, mesh)
-  params = restore_params(directory, abstract)
+  params = restore_params(meta.params_dir, abstract)
   params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, abstract)
   nnx.replace_by_pure_dict(state, params)
   return nnx.merge(graphdef, state), meta
