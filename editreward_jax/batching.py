@@ -4,7 +4,8 @@ A batch is a list of rows (one prompt each: token ids, the images it shows, the 
 dimension) plus the distinct images they show. With `dedup`, an image that several rows show (the source image of
 both prompts and both candidates, the edited image of both prompts) is laid out, and so encoded, once: a scored edit
 has 2 distinct images for 2 rows, a training pair 3 for 4 rows. Sizes are padded to a few buckets (`BatchShape`),
-so a run compiles a handful of programs.
+so a run compiles a handful of programs. Every batch the model sees is `stack_shards` of one or more such collated
+shards (one per device group of the batch mesh axes in training), so each shard's images are encoded on its own.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
   grids = np.array([im.grid_thw for im in images], np.int64).reshape(-1, 3)
   pixels = np.concatenate([im.pixel_values for im in images]) if images else None
   vision_buckets = {}
-  if images:
-    max_patches = max(int(h * w) for _, h, w in grids)
+  if images or shape.windows:  # a shard of padding still gets the layout of its batch's other shards, all padding
+    max_patches = max((int(h * w) for _, h, w in grids), default=1)
     windows = vision_layout.num_windows(grids, cfg.vision)
     units = int(sum(h * w for _, h, w in grids)) // cfg.vision.merge_unit
     vision_buckets = {
@@ -104,3 +105,42 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
   for i, r in enumerate(rows):
     reward_index[i], dimension[i], valid[i] = r.reward_index, r.dimension, True
   return {"batch": batch, "reward_index": reward_index, "dimension": dimension, "row_valid": valid}
+
+
+_ROW_ARRAYS = ("input_ids", "lengths", "image_slots")  # [rows, ...] in "batch"; position_ids is [3, rows, seq]
+_ROW_FIELDS = ("reward_index", "dimension", "row_valid")
+
+
+def stack_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """`collate` outputs of K batch shards with one static shape -> one batch of K * R_s rows.
+
+  Row arrays are concatenated shard-major (shard k owns rows k * R_s .. (k + 1) * R_s - 1; position_ids along their
+  row axis 1), and every vision array gets a leading [K] axis. Indices stay shard-local: a row's image_slots point
+  into the merged-unit slots of its own shard, which the model encodes on its own (on its shard's devices).
+  """
+  def shapes(shard):
+    b = shard["batch"]
+    vision = b["vision"] or {}
+    return {**{k: np.shape(b[k]) for k in _ROW_ARRAYS + ("position_ids",)},
+            **{k: np.shape(shard[k]) for k in _ROW_FIELDS}, **{f"vision/{k}": np.shape(v) for k, v in vision.items()}}
+
+  want = shapes(shards[0])
+  for i, shard in enumerate(shards[1:], 1):
+    if shapes(shard) != want:
+      raise ValueError(f"batch shard {i} has shapes {shapes(shard)}, shard 0 has {want}: collate every shard of a "
+                       "batch with one BatchShape")
+  batch = {k: np.concatenate([s["batch"][k] for s in shards]) for k in _ROW_ARRAYS}
+  batch["position_ids"] = np.concatenate([s["batch"]["position_ids"] for s in shards], axis=1)
+  visions = [s["batch"]["vision"] for s in shards]
+  batch["vision"] = None if visions[0] is None else {k: np.stack([v[k] for v in visions]) for k in visions[0]}
+  return {"batch": batch, **{k: np.concatenate([s[k] for s in shards]) for k in _ROW_FIELDS}}
+
+
+def pair_outputs(outputs):
+  """Model outputs of training-pair rows [4P, 2] -> [P, 2 (A, B), D, 2 (mu, log_sigma)] (row 4p + 2c + d)."""
+  return outputs.reshape(-1, 2, len(DIMENSIONS), outputs.shape[-1])
+
+
+def edit_outputs(outputs):
+  """Model outputs of scored-edit rows [2N, 2] -> [N, D, 2 (mu, log_sigma)] (row 2n + d)."""
+  return outputs.reshape(-1, len(DIMENSIONS), outputs.shape[-1])

@@ -6,7 +6,7 @@ Stages (`pair_dataset` builds them; `iter(dataset)` gives a checkpointable `Pair
   -> flat map row -> pairs (max fan-out 2)           `pairs.pairs_from_row` with the config's tie policy; row checks
   -> shuffle(seed) -> repeat(num_epochs)             a new order every epoch, the same orders for the same seed
   -> map: decode, resize, patchify, tokenize         3 images and 4 prompts per pair (runs on Grain read threads)
-  -> to_iter_dataset -> batch P pairs -> collate     static shapes from the bucket sets
+  -> to_iter_dataset -> batch P pairs -> collate     K batch shards, static shapes from the bucket sets
   -> mp_prefetch(workers) -> thread prefetch         0 workers: everything in this process
   -> PairBatchIterator                               skip totals, get_state/set_state
 
@@ -14,22 +14,37 @@ Shuffling comes after the flat map so that the two pairs of a tie are spread apa
 non-tie rows spread evenly over worker processes (Grain hands worker w the elements w, w + W, ...; without shuffling,
 an even worker count leaves the odd workers only the second pairs of ties).
 
-Batch layout (P = `batch_pairs` pairs, D = 2 quality dimensions in head order, R = 4P rows):
-- rows: pair p owns rows 4p..4p+3 = (A, dim 0), (A, dim 1), (B, dim 0), (B, dim 1); A is the preferred candidate.
-  So the model's [R, 2] output reshapes to [P, 2 (A, B), D, 2 (mu, log_sigma)].
-- images: pair p owns images 3p, 3p+1, 3p+2 = source, A, B (no dedup across pairs, so the count is static); rows of
-  candidate A show (3p, 3p+1), rows of B show (3p, 3p+2). Padded pairs have no images and zero-length rows.
-- keys: "batch", "reward_index", "dimension", "row_valid" as `batching.collate` makes them (the model's inputs;
-  "dimension" follows the row layout on padded rows too, so it is the same [0, 1, 0, 1, ...] in every batch);
+Batch layout (P = `batch_pairs` pairs, K = `shards` batch shards of P_s = P / K consecutive pairs, D = 2 quality
+dimensions in head order, R = 4P rows, R_s = 4P_s, L = seq_len; `batching.stack_shards` builds it, the scorer's
+batches are the same with K = 1):
+- shards: pair p is pair q = p mod P_s of shard p // P_s. Each shard is collated on its own (its own images and
+  vision layout), all shards with one static shape, then stacked, so under a mesh (`sharding.batch_shardings`)
+  each device group of the batch axes encodes only its own shards' images. The trainer sets K to this process's
+  share of the mesh's data x fsdp groups; a shard of padding only still has a valid (all padding) vision layout.
+- rows: pair p owns rows 4p..4p+3 = (A, dim 0), (A, dim 1), (B, dim 0), (B, dim 1); A is the preferred candidate;
+  shard k owns rows k R_s .. (k + 1) R_s - 1. So the model's [R, 2] output reshapes to [P, 2 (A, B), D, 2].
+- images: local pair q of a shard owns that shard's images 3q, 3q+1, 3q+2 = source, A, B (no dedup across pairs, so
+  the count is static); rows of candidate A show (3q, 3q+1), rows of B show (3q, 3q+2). Padded pairs have no images
+  and zero-length rows.
+- "batch" (the model's inputs, `Qwen25VL.__call__`): "input_ids" [R, L] int32, "lengths" [R] int32 (right padding,
+  0 for padded rows), "position_ids" [3, R, L] int32, "image_slots" [R, L] int32 (the merged-unit slot, in the
+  row's own shard, of each image token; -1 elsewhere), "vision": `vision_layout.VisionBatch` arrays with a leading
+  [K] axis and shard-local indices: "pixels" [K, S, patch_dim], "rope_pos" [K, S, 2], "window_lengths" [K, W],
+  "image_slots" [K, 3P_s, patches per image], "image_lengths" [K, 3P_s], "slot_to_image" [K, S], "unit_slots"
+  [K, U] (S patch slots, W = S / window patches, U = S / merge_unit, all per shard).
+- "reward_index" [R] int32 (position of `<|Reward|>`), "dimension" [R] int32 (follows the row layout on padded rows
+  too, so it is the same [0, 1, 0, 1, ...] in every batch), "row_valid" [R] bool; pair-level, in pair order:
   "pair_valid" [P] bool; "labels" [P, D] int32 (+1 A better on that dimension, -1 worse, 0 equal); "pair_weight"
   [P] float32 (0 for padding, `tie_weight` for pairs made from a tie, else 1); "tie" [P] bool; "source_row" [P]
   int64 (index into the source, -1 for padding); "metrics": host-only numbers, not model inputs: "skipped"
   [len(row_checks.SKIP_REASONS)] int64 (bad rows skipped while this batch was assembled), "pairs" (valid pairs),
-  "token_padding" and "patch_padding" (padded fraction of the [R, seq_len] token grid and of the vision patch slots).
-- static shapes: seq_len is the smallest of `seq_buckets` that fits the batch's longest row; vision patch slots the
-  smallest of `patch_buckets` (multiples of one attention window's patches) or, with none given, one window's
-  patches times the next power of two of the window count; merged units = slots / merge_unit; patches per image
-  (full-attention blocks) the next power of two of the largest image's.
+  "token_padding" and "patch_padding" (padded fraction of the [R, L] token grid and of all shards' patch slots).
+- static shapes, common to the K shards: L is the smallest of `seq_buckets` that fits the longest row of any shard;
+  S the smallest of `patch_buckets` (multiples of one attention window's patches) that fits the shard needing the
+  most windows or, with none given, one window's patches times the next power of two of that window count;
+  patches per image (full-attention blocks) the next power of two of the largest image's. With `fixed_shapes`
+  (multi-host runs, where every host must build the same shapes) L is the largest seq bucket, S the largest patch
+  bucket and patches per image `fixed_image_patches` whatever the content, so every batch has one shape.
 The last batch of a finite run is padded (pair_valid False); with several worker processes each worker's last one is.
 
 Bad rows (`bad_rows`, checks in `row_checks`): "raise" raises `DataError` naming the source, the row (and its key)
@@ -50,17 +65,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from absl import flags, logging
 import grain
 import numpy as np
+from absl import flags, logging
 
-from data.schema import DataError
 from editreward_jax import batching, pairs, row_checks
 from editreward_jax.models import vision_layout
 from editreward_jax.models.config import ModelConfig
-from editreward_jax.processing import (DEFAULT_PIXELS, ImageError, ProcessedImage, Processor,
-                                       check_pixel_bounds)
+from editreward_jax.processing import DEFAULT_PIXELS, ImageError, ProcessedImage, Processor, check_pixel_bounds
 from editreward_jax.prompts import DIMENSIONS, PromptError, Prompts
+from editreward_jax.schema import DataError
 
 PAIR_IMAGES = 3  # source, A, B
 CANDIDATES = 2   # A, B
@@ -72,8 +86,10 @@ class PipelineConfig:
   """Settings of the training input pipeline (plain fields, so an ml_collections config can carry them)."""
 
   batch_pairs: int = 2                                      # pairs per batch (P): 4P rows, 3P images
+  shards: int = 1                                           # batch shards (K), each laid out on its own; divides P
   seq_buckets: tuple[int, ...] = (512, 1024, 1536, 2048)    # padded sequence lengths; the largest is the budget
-  patch_buckets: tuple[int, ...] = ()                       # vision patch slots per batch; () = next power of two
+  patch_buckets: tuple[int, ...] = ()                       # vision patch slots per shard; () = next power of two
+  fixed_shapes: bool = False                                # every batch the largest buckets (multi-host runs)
   tie_policy: str = "duplicate"                             # pairs.TIE_POLICIES
   tie_weight: float = 1.0                                   # pair_weight of each pair made from a tie
   bad_rows: str = "raise"                                   # row_checks.BAD_ROW_POLICIES
@@ -92,12 +108,17 @@ class PipelineConfig:
   def validate(self) -> PipelineConfig:
     if self.batch_pairs < 1:
       raise ValueError(f"batch_pairs must be >= 1, got {self.batch_pairs}")
+    if self.shards < 1 or self.batch_pairs % self.shards:
+      raise ValueError(f"batch_pairs {self.batch_pairs} must be a positive multiple of shards {self.shards} (each "
+                       "batch shard holds batch_pairs / shards pairs)")
     for name in ("seq_buckets", "patch_buckets"):
       values = getattr(self, name)
       if any(v < 1 for v in values) or list(values) != sorted(set(values)):
         raise ValueError(f"{name} must be positive and strictly increasing, got {values}")
     if not self.seq_buckets:
       raise ValueError("seq_buckets must name at least one sequence length")
+    if self.fixed_shapes and not self.patch_buckets:
+      raise ValueError("fixed_shapes needs patch_buckets: every batch is padded to the largest of them")
     pairs.validate_tie_policy(self.tie_policy)
     if self.bad_rows not in row_checks.BAD_ROW_POLICIES:
       raise ValueError(f"unknown bad-row policy {self.bad_rows!r}; known: {list(row_checks.BAD_ROW_POLICIES)}")
@@ -126,6 +147,12 @@ def process_shard() -> Shard:
   """This host's shard: one per JAX process."""
   import jax  # deferred: only a caller that does not pass its shard needs JAX initialised
   return Shard(jax.process_index(), jax.process_count())
+
+
+def fixed_image_patches(config: PipelineConfig, patch_size: int) -> int:
+  """Patches per image (full-attention block size) of every batch with fixed_shapes: the bucket of the most that
+  smart_resize gives an image within max_pixels (an image it scales up above max_pixels makes its row bad)."""
+  return batching.bucket(config.max_pixels // patch_size**2)
 
 
 def make_processor(tokenizer, prompts: Prompts, model_cfg: ModelConfig, config: PipelineConfig) -> Processor:
@@ -188,6 +215,7 @@ class _ProcessPair:
     self.processor, self.rows = processor, rows
     self.max_image_pixels, self.min_image_side = config.max_image_pixels, config.min_image_side
     self.max_seq_len = config.max_seq_len
+    self.max_image_patches = fixed_image_patches(config, processor.patch_size) if config.fixed_shapes else None
 
   def __call__(self, task: _PairTask | row_checks.Skip) -> _ProcessedPair | row_checks.Skip | None:
     if isinstance(task, row_checks.Skip):
@@ -222,9 +250,15 @@ class _ProcessPair:
 
   def _image(self, row: Mapping[str, Any], column: str) -> ProcessedImage:
     try:
-      return self.processor.image(row[column], row_checks.image_label(row, column))
+      image = self.processor.image(row[column], row_checks.image_label(row, column))
     except ImageError as e:
       raise row_checks.BadRow("image_undecodable", column, str(e)) from e
+    patches = int(np.prod(image.grid_thw))
+    if self.max_image_patches is not None and patches > self.max_image_patches:
+      raise row_checks.BadRow("image_too_large", column,
+                              f"resized to {patches} patches, more than the {self.max_image_patches} per image that "
+                              "fixed_shapes allows (a very elongated image scaled up to min_pixels)")
+    return image
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,28 +266,30 @@ class _ProcessPair:
 
 
 class _Collate:
-  """Up to P processed pairs -> the fixed-shape batch of the module docstring."""
+  """Up to P processed pairs -> the fixed-shape batch of the module docstring: K shards of P / K consecutive pairs,
+  each collated on its own, all with one static shape, stacked by `batching.stack_shards`."""
 
   def __init__(self, model_cfg: ModelConfig, config: PipelineConfig, rope_mode: str, pad_id: int):
     self.model_cfg, self.rope_mode, self.pad_id = model_cfg, rope_mode, pad_id
-    self.batch_pairs, self.tie_weight = config.batch_pairs, config.tie_weight
-    self.seq_buckets, self.patch_buckets = config.seq_buckets, config.patch_buckets
+    self.batch_pairs, self.shards, self.tie_weight = config.batch_pairs, config.shards, config.tie_weight
+    self.seq_buckets, self.patch_buckets, self.fixed = config.seq_buckets, config.patch_buckets, config.fixed_shapes
     v = model_cfg.vision
     self.window_patches = v.window_units**2 * v.merge_unit
     self.merge_unit = v.merge_unit
+    self.image_patches = fixed_image_patches(config, v.patch_size) if self.fixed else None
 
-  def _patch_slots(self, grids: np.ndarray) -> int:
-    windows = vision_layout.num_windows(grids, self.model_cfg.vision)
+  def _patch_slots(self, windows: int) -> int:
+    """Vision patch slots of every shard, for `windows`, the most attention windows any shard needs."""
     if not self.patch_buckets:
       return batching.bucket(windows) * self.window_patches
     needed = windows * self.window_patches
     if needed > self.patch_buckets[-1]:
-      raise ValueError(f"a batch needs {needed} vision patch slots, more than the largest patch bucket "
+      raise ValueError(f"a batch shard needs {needed} vision patch slots, more than the largest patch bucket "
                        f"{self.patch_buckets[-1]}: add a larger bucket or lower max_pixels")
-    return vision_layout.pad_to(needed, self.patch_buckets)
+    return self.patch_buckets[-1] if self.fixed else vision_layout.pad_to(needed, self.patch_buckets)
 
-  def __call__(self, found: Sequence[_ProcessedPair], skipped: np.ndarray) -> dict[str, Any]:
-    p = self.batch_pairs
+  @staticmethod
+  def _shard_rows(found: Sequence[_ProcessedPair]) -> tuple[list[batching.Row], batching.ImageTable]:
     table = batching.ImageTable()
     rows = []
     for i, pair in enumerate(found):
@@ -262,12 +298,21 @@ class _Collate:
         for d in range(len(DIMENSIONS)):
           k = c * len(DIMENSIONS) + d
           rows.append(batching.Row(pair.tokens[k], (source, candidate), pair.reward_index[k], d))
-    grids = np.array([im.grid_thw for im in table.images], np.int64)
-    slots = self._patch_slots(grids)
-    seq_len = vision_layout.pad_to(max(len(r.tokens) for r in rows), self.seq_buckets)
-    shape = batching.BatchShape(rows=ROWS_PER_PAIR * p, seq_len=seq_len, images=PAIR_IMAGES * p,
-                                windows=slots // self.window_patches, units=slots // self.merge_unit)
-    out = batching.collate(rows, table, self.model_cfg, rope_mode=self.rope_mode, shape=shape, pad_id=self.pad_id)
+    return rows, table
+
+  def __call__(self, found: Sequence[_ProcessedPair], skipped: np.ndarray) -> dict[str, Any]:
+    p, per_shard = self.batch_pairs, self.batch_pairs // self.shards
+    shards = [self._shard_rows(found[k * per_shard:(k + 1) * per_shard]) for k in range(self.shards)]
+    grids = [np.array([im.grid_thw for im in table.images], np.int64).reshape(-1, 3) for _, table in shards]
+    slots = self._patch_slots(max(vision_layout.num_windows(g, self.model_cfg.vision) for g in grids))
+    longest = max(len(r.tokens) for rows, _ in shards for r in rows)
+    seq_len = self.seq_buckets[-1] if self.fixed else vision_layout.pad_to(longest, self.seq_buckets)
+    largest_image = max(int(h * w) for g in grids for _, h, w in g)
+    shape = batching.BatchShape(rows=ROWS_PER_PAIR * per_shard, seq_len=seq_len, images=PAIR_IMAGES * per_shard,
+                                windows=slots // self.window_patches, units=slots // self.merge_unit,
+                                patches=self.image_patches or batching.bucket(largest_image))
+    out = batching.stack_shards([batching.collate(rows, table, self.model_cfg, rope_mode=self.rope_mode,
+                                                  shape=shape, pad_id=self.pad_id) for rows, table in shards])
     n = len(found)
     labels = np.zeros((p, len(pairs.DIMENSIONS)), np.int32)
     weight = np.zeros(p, np.float32)
@@ -278,12 +323,12 @@ class _Collate:
       weight[i] = self.tie_weight if pair.pair.tie else 1.0
       tie[i], source_row[i] = pair.pair.tie, pair.index
     lengths = out["batch"]["lengths"]
-    real_patches = int(np.prod(grids, axis=1).sum())
+    real_patches = sum(int(np.prod(g, axis=1).sum()) for g in grids)
     out["dimension"] = np.tile(np.arange(len(DIMENSIONS), dtype=np.int32), CANDIDATES * p)  # padded rows too
     out.update(pair_valid=np.arange(p) < n, labels=labels, pair_weight=weight, tie=tie, source_row=source_row,
                metrics={"skipped": skipped, "pairs": np.int32(n),
                         "token_padding": np.float32(1 - lengths.sum() / lengths.size / seq_len),
-                        "patch_padding": np.float32(1 - real_patches / slots)})
+                        "patch_padding": np.float32(1 - real_patches / (slots * self.shards))})
     return out
 
 

@@ -2,8 +2,9 @@
 
 Mesh axes: `data` (pure data parallelism), `fsdp` (data parallelism with parameters and optimizer state split over
 it: ZeRO-3 style) and `tensor` (Megatron-style splitting of heads and MLP width). Parameters name their dimensions
-with logical names (see `models/layers.py`); activations are constrained with `constrain`. Nothing else in the
-project writes a PartitionSpec.
+with logical names (see `models/layers.py`); activations are constrained with `constrain`; pipeline batches are
+placed by `batch_shardings` (rows, pairs and the vision arrays' shard axis split over the batch axes, so each device
+group encodes only its own images). Nothing else in the project writes a PartitionSpec.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ LOGICAL_RULES: dict[str, Any] = {
     "embed_act": None,
     "vis_tokens": None,
     "vis_embed_act": None,
+    "batch_shards": ("data", "fsdp"),  # the leading shard axis of a batch's vision arrays: split like "batch"
 }
 
 _ACTIVE_RULES: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("rules", default=None)
@@ -85,14 +87,22 @@ def logical_to_spec(axes: Sequence[str | None], rules: Mapping[str, Any] = LOGIC
   return PartitionSpec(*mapped)
 
 
+def _axes(entry: Any) -> tuple[str, ...]:
+  return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+
+
+def _fit_axes(entry: Any, dim: int, mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes of one spec entry that split a dimension of size `dim`: none if they do not divide it."""
+  kept = tuple(a for a in _axes(entry) if mesh.shape[a] > 1)
+  return () if dim % int(np.prod([mesh.shape[a] for a in kept])) else kept
+
+
 def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
   """Drops a mesh axis from a dimension it does not divide (small tiny-model tables, odd vocab sizes)."""
   out = []
   for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
-    kept = tuple(a for a in axes if mesh.shape[a] > 1)
-    size = int(np.prod([mesh.shape[a] for a in kept])) if kept else 1
-    out.append(None if not kept or dim % size else (kept if len(kept) > 1 else kept[0]))
+    kept = _fit_axes(entry, dim, mesh)
+    out.append(None if not kept else (kept if len(kept) > 1 else kept[0]))
   return PartitionSpec(*out)
 
 
@@ -131,6 +141,68 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return x
   mesh = jax.sharding.get_abstract_mesh()
   return jax.lax.with_sharding_constraint(x, _fit(logical_to_spec(axes, rules), x.shape, mesh))
+
+
+def spmd_axes(logical: str, size: int) -> tuple[str, ...] | None:
+  """The mesh axes that split a dimension of `size` named `logical`, as `constrain` would split it; None outside
+  `activation_rules` (or where none does). For `jax.vmap(..., spmd_axis_name=...)`: without it, a `constrain`
+  inside the mapped function would pin the mapped axis replicated."""
+  rules = _ACTIVE_RULES.get()
+  if rules is None:
+    return None
+  return _fit_axes(rules[logical], size, jax.sharding.get_abstract_mesh()) or None
+
+
+def batch_shard_count(mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES) -> int:
+  """Device groups along the batch mesh axes: how many batch shards (see `pipeline`) a global batch is cut into."""
+  return int(np.prod([mesh.shape[a] for a in _axes(rules["batch"])]))
+
+
+# A pipeline batch's arrays are split over the batch mesh axes along axis 0 (rows, pairs, the vision arrays'
+# leading shard axis), except those named here; HOST_ONLY keys never go to a device.
+_BATCH_SPLIT_AXIS = {"position_ids": 1}  # [3, rows, seq]
+HOST_ONLY = ("metrics",)
+
+
+def _local_slices(mesh: Mesh, axes: Sequence[str]) -> int:
+  """How many of the slices of a dimension split over `axes` this process's devices hold."""
+  dims = [mesh.axis_names.index(a) for a in axes]
+  mine = np.argwhere(np.vectorize(lambda d: d.process_index == jax.process_index())(mesh.devices))
+  return len({tuple(c[dims]) for c in mine})
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES
+                    ) -> dict[str, Any]:
+  """NamedSharding of every array of a pipeline batch (nested dicts, as `pipeline` lays it out), HOST_ONLY left out.
+
+  Made for `jax.make_array_from_process_local_data`, so `batch` holds this process's part: each split dimension
+  must divide into this process's slices of the batch axes, else a ValueError names the array and the sizes (a
+  batch is never silently replicated).
+  """
+  axes = _axes(rules["batch"])
+  slices = _local_slices(mesh, axes)
+
+  def place(path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
+    axis = _BATCH_SPLIT_AXIS.get(path[-1], 0)
+    if len(shape) <= axis or shape[axis] % slices:
+      sizes = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
+      raise ValueError(f"batch array {'/'.join(path)} of shape {shape} cannot be split along axis {axis}: it needs "
+                       f"a multiple of the {slices} slices of the batch mesh axes ({sizes}) this process feeds")
+    return NamedSharding(mesh, PartitionSpec(*(axes if d == axis else None for d in range(len(shape)))))
+
+  def walk(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+      if key in HOST_ONLY:
+        continue
+      here = path + (key,)
+      if isinstance(value, Mapping):
+        out[key] = walk(value, here)
+      else:
+        out[key] = None if value is None else place(here, np.shape(value))
+    return out
+
+  return walk(batch, ())
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES) -> nnx.Module:

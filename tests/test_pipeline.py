@@ -7,10 +7,10 @@ import dataclasses
 import json
 import pathlib
 
-from etils import epath
 import grain
 import numpy as np
 import pytest
+from etils import epath
 
 import data
 from configs.presets import TINY
@@ -112,10 +112,10 @@ def test_batch_shapes_come_from_the_buckets(demo_source, tokenizer):
   batches = list(dataset(demo_source, tokenizer, batch_pairs=p, patch_buckets=config.patch_buckets))
   total = sum(len(pairs.pairs_from_row(demo_source[i])) for i in range(len(demo_source)))
   assert total % p and batches[-1]["pair_valid"].sum() == total % p  # the last batch is padded
-  assert {b["batch"]["vision"]["pixels"].shape[0] for b in batches} == {96, 192}
+  assert {b["batch"]["vision"]["pixels"].shape[:2] for b in batches} == {(1, 96), (1, 192)}  # one batch shard
   for b in batches:
     ids, lengths = b["batch"]["input_ids"], b["batch"]["lengths"]
-    vision = b["batch"]["vision"]
+    vision = shard_vision(b)
     assert ids.shape[0] == 4 * p and vision["image_lengths"].shape == (3 * p,)
     assert ids.shape[1] == vision_layout.pad_to(lengths.max(), config.seq_buckets)  # the smallest that fits
     slots = vision["pixels"].shape[0]
@@ -140,9 +140,13 @@ def test_tie_policies_expand_rows(rows, tokenizer, policy):
     np.testing.assert_array_equal(b["pair_weight"], np.where(b["tie"], 0.5, 1.0) * b["pair_valid"])
 
 
-def shown_images(batch: dict, row: int) -> list[int]:
-  """The images whose merged-unit slots the image-token runs of `row` point at."""
-  vision = batch["batch"]["vision"]
+def shard_vision(batch: dict, shard: int = 0) -> dict:
+  return {k: v[shard] for k, v in batch["batch"]["vision"].items()}
+
+
+def shown_images(batch: dict, row: int, shard: int = 0) -> list[int]:
+  """The images of `shard` whose merged-unit slots the image-token runs of `row` point at."""
+  vision = shard_vision(batch, shard)
   units = vision["image_lengths"] // 4
   offsets = np.concatenate([[0], np.cumsum(units)])
   slots = batch["batch"]["image_slots"][row]
@@ -154,25 +158,29 @@ def shown_images(batch: dict, row: int) -> list[int]:
   return shown
 
 
-def image_pixels(batch: dict, image: int) -> np.ndarray:
-  vision = batch["batch"]["vision"]
+def image_pixels(batch: dict, image: int, shard: int = 0) -> np.ndarray:
+  vision = shard_vision(batch, shard)
   return vision["pixels"][vision["image_slots"][image, :vision["image_lengths"][image]]]
 
 
-def test_rows_show_the_pair_images_in_the_documented_layout(rows, tokenizer):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_rows_show_the_pair_images_in_the_documented_layout(rows, tokenizer, shards):
+  """Pair p is local pair q of shard k; its rows point at its own shard's images 3q.. (shard-local slots)."""
   processor = pipeline.make_processor(tokenizer, prompts.load_prompts(), TINY, SMALL)
   reward_id = tokenizer.convert_tokens_to_ids(prompts.REWARD_TOKEN)
-  for b in dataset(rows, tokenizer, shuffle=False, tie_policy="drop"):
+  per_shard = SMALL.batch_pairs // shards
+  for b in dataset(rows, tokenizer, shuffle=False, tie_policy="drop", shards=shards):
     for p in np.flatnonzero(b["pair_valid"]):
+      k, q = divmod(p, per_shard)
       row = rows[b["source_row"][p]]
       (pair,) = pairs.pairs_from_row(row, "drop")
       for r, images in zip(range(4 * p, 4 * p + 4), ([0, 1], [0, 1], [0, 2], [0, 2])):
-        assert shown_images(b, r) == [3 * p + i for i in images]
+        assert shown_images(b, r, k) == [3 * q + i for i in images]
         assert b["batch"]["input_ids"][r, b["reward_index"][r]] == reward_id
       for i, column in enumerate(("source_img", f"{pair.preferred}_output_image", f"{pair.other}_output_image")):
         alone = processor.image(row[column])
         layout = vision_layout.build_vision_batch(alone.pixel_values, alone.grid_thw[None], TINY.vision)
-        np.testing.assert_array_equal(image_pixels(b, 3 * p + i), layout.pixels[layout.image_slots[0]])
+        np.testing.assert_array_equal(image_pixels(b, 3 * q + i, k), layout.pixels[layout.image_slots[0]])
       assert tuple(b["labels"][p]) == pair.labels
 
 

@@ -31,6 +31,7 @@ def test_mesh_sizes_are_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.torch
 def test_eight_device_mesh_matches_one_device(tiny_hf_dir):
   here = os.path.dirname(__file__)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",

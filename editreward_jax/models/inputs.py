@@ -30,7 +30,7 @@ def make_batch(token_rows: Sequence[Sequence[int]], cfg: ModelConfig, *, pixel_v
   `pixel_values` / `image_grid_thw` hold the distinct images, concatenated. `image_refs[r]` lists the image shown by
   each image-token run of row r; without it, runs consume the images in reading order. Padding rows have length 0.
   Returns the keyword arguments of `Qwen25VL.__call__` as NumPy arrays: input_ids, lengths, position_ids,
-  image_slots and vision (None without images).
+  image_slots and vision (None without images, unless `vision_buckets` fix its layout: then all padding).
   """
   num_rows = len(token_rows) if num_rows is None else num_rows
   if len(token_rows) > num_rows:
@@ -50,7 +50,7 @@ def make_batch(token_rows: Sequence[Sequence[int]], cfg: ModelConfig, *, pixel_v
 
   grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
   vision = None
-  if len(grids):
+  if len(grids) or vision_buckets:
     vision = vision_layout.build_vision_batch(pixel_values, grids, cfg.vision, dtype=dtype, **(vision_buckets or {}))
   units = [int(t * h * w) // cfg.vision.merge_unit for t, h, w in grids]
   slots = vision_layout.image_token_slots(input_ids, lengths, cfg.image_token_id, vision, units, image_refs)

@@ -2,7 +2,9 @@
 
 Inputs are fixed-shape arrays prepared on the host (see `inputs.py`):
   input_ids [B, L] int32, lengths [B] int32 (right padding), position_ids [3, B, L] int32,
-  image_slots [B, L] int32 (merged-unit slot feeding each image token, -1 elsewhere), and the vision batch.
+  image_slots [B, L] int32 (merged-unit slot feeding each image token, -1 elsewhere), and the vision batch of K
+  shards (`batching.stack_shards`): arrays [K, ...], B = K * rows per shard, rows shard-major, each row's slots
+  indexing its own shard's merged units. A vision batch without the shard axis is one shard.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editreward_jax import sharding
 from editreward_jax.models import layers
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.models.text import TextDecoder
@@ -52,10 +55,27 @@ class Qwen25VL(nnx.Module):
     """Token embeddings with the vision tower's merged features placed at the image tokens."""
     x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
     if vision is not None:
-      feats = self.visual(vision).astype(self.dtype)
-      placed = jnp.take(feats, jnp.maximum(image_slots, 0), axis=0)
-      x = jnp.where((image_slots >= 0)[..., None], placed, x)
+      feats = self.vision_features(vision)
+      k = feats.shape[0]
+      if image_slots.shape[0] % k:
+        raise ValueError(f"{image_slots.shape[0]} rows do not split into the vision batch's {k} shards")
+      slots = image_slots.reshape(k, -1, image_slots.shape[-1])  # rows are shard-major, slots shard-local
+      placed = jax.vmap(lambda f, s: jnp.take(f, jnp.maximum(s, 0), axis=0))(feats, slots)
+      x = jnp.where((image_slots >= 0)[..., None], placed.reshape(x.shape), x)
     return x
+
+  def vision_features(self, vision: Mapping[str, jax.Array]) -> jax.Array:
+    """Merged features [K, unit slots, D] of a vision batch of K shards ([K, ...] arrays; without the axis, K = 1).
+
+    Each shard is encoded on its own, vmapped; under a mesh the shard axis is split over the batch mesh axes, so a
+    device group encodes only its own shards' images.
+    """
+    if vision["pixels"].ndim == 2:  # one shard, as inputs.make_batch lays it out
+      vision = {name: v[None] for name, v in vision.items()}
+    vision = {name: sharding.constrain(v, ("batch_shards",) + (None,) * (v.ndim - 1)) for name, v in vision.items()}
+    k = vision["pixels"].shape[0]
+    feats = jax.vmap(self.visual, spmd_axis_name=sharding.spmd_axes("batch_shards", k))(vision)
+    return sharding.constrain(feats.astype(self.dtype), ("batch_shards", None, "embed_act"))
 
   def __call__(self, input_ids: jax.Array, lengths: jax.Array, position_ids: jax.Array,
                image_slots: jax.Array | None = None, vision: Mapping[str, jax.Array] | None = None) -> jax.Array:
