@@ -37,7 +37,7 @@ from convert import hf_keys
 from convert.from_hf import EMBED_KEY
 from convert.hf_keys import SETTINGS_FILE
 from convert.safetensors_io import SINGLE_FILE, save_file
-from editreward_jax import checkpoints, processing
+from editreward_jax import model_dir, processing
 from editreward_jax.models.config import ModelConfig, to_hf_dict
 from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN
 
@@ -68,7 +68,7 @@ class ParamRestorer:
   layers of a stacked parameter, written one after another, cost one read."""
 
   def __init__(self, directory: str, checkpointer: ocp.PyTreeCheckpointer):
-    self.path = os.path.abspath(os.path.join(directory, checkpoints.PARAMS_DIR))
+    self.path = os.path.abspath(os.path.join(directory, model_dir.PARAMS_DIR))
     self.checkpointer = checkpointer
     self.stored = checkpointer.metadata(self.path).item_metadata
     self._key: tuple[str, ...] | None = None
@@ -104,11 +104,11 @@ def _nest(path: tuple[str, ...], leaf) -> dict:
   return leaf
 
 
-def hf_tensors(meta: checkpoints.ModelMeta, restore: ParamRestorer) -> list[tuple[str, LazyTensor]]:
+def hf_tensors(meta: model_dir.ModelMeta, restore: ParamRestorer) -> list[tuple[str, LazyTensor]]:
   """Every tensor of the EditReward state dict, in the order that reads each stored parameter once: checks the stored
   shapes against the model config first, so a mismatch fails before anything is written."""
   cfg = meta.model
-  _, _, abstract = checkpoints.abstract_params(cfg, head=meta.head)
+  _, _, abstract = model_dir.abstract_params(cfg, head=meta.head)
   specs = [(("backbone",) + s.path, s) for s in hf_keys.param_specs(cfg)]
   specs += [(s.path, s) for s in hf_keys.head_specs(DIMENSIONS)]
   out: list[tuple[str, LazyTensor]] = []
@@ -133,7 +133,7 @@ def _hf_tensor(restore: ParamRestorer, path: tuple[str, ...], spec: hf_keys.Para
   return hf_keys.to_hf(spec, value if layer is None else value[layer], cfg)
 
 
-def export_settings(meta: checkpoints.ModelMeta, reward_token_id: int) -> dict[str, Any]:
+def export_settings(meta: model_dir.ModelMeta, reward_token_id: int) -> dict[str, Any]:
   """The scoring settings a PyTorch user needs besides weights, config and tokenizer."""
   s = meta.settings
   return {
@@ -151,9 +151,9 @@ def export_settings(meta: checkpoints.ModelMeta, reward_token_id: int) -> dict[s
 
 def export_torch(checkpoint: str, out: str) -> str:
   """Writes the PyTorch export of `checkpoint` (any CKPT) at `out`; returns `out`."""
-  meta = checkpoints.read_meta(checkpoints.resolve(checkpoint))
+  meta = model_dir.resolve(checkpoint)
   if meta.tokenizer_dir is None:
-    raise ValueError(f"{meta.directory} has no {checkpoints.TOKENIZER_DIR}/ directory: the export needs the "
+    raise ValueError(f"{meta.directory} has no {model_dir.TOKENIZER_DIR}/ directory: the export needs the "
                      f"tokenizer with {REWARD_TOKEN}")
   tokenizer = processing.load_tokenizer(meta.tokenizer_dir)
   reward_id = processing.add_reward_token(tokenizer)
@@ -162,7 +162,7 @@ def export_torch(checkpoint: str, out: str) -> str:
                      f"{meta.model.text.vocab_size} embedding rows")
   os.makedirs(out, exist_ok=True)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    tensors = hf_tensors(meta, ParamRestorer(meta.directory, checkpointer))
+    tensors = hf_tensors(meta, ParamRestorer(meta.params_dir, checkpointer))
     save_file(tensors, os.path.join(out, SINGLE_FILE), metadata={"format": "pt"})
   with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(to_hf_dict(meta.model), f, indent=2)

@@ -10,7 +10,7 @@
 from data.editreward_demo import DemoConfig, demo_config
 from data.readers import PairJsonSource, ScoringSource
 from data.schema import DataError
-from data.sources import BUILDERS, RowSource, build, open_source, prepared_dir
+from data.sources import BUILDERS, RowSource, build, open_source, open_splits, prepared_dir
 
 __all__ = ["BUILDERS", "DataError", "DemoConfig", "PairJsonSource", "RowSource", "ScoringSource", "build",
-           "demo_config", "open_source", "prepared_dir"]
+           "demo_config", "open_source", "open_splits", "prepared_dir"]

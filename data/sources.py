@@ -130,3 +130,30 @@ def open_source(name: str, split: str, data_dir: str | os.PathLike, *,
   if split not in splits:
     raise DataError(f"{path}: no split {split!r}; it has {sorted(splits)}")
   return RowSource(builder.as_data_source(split=split), builder.info.features, f"{path}[{split}]")
+
+
+def open_splits(name: str, data_dir: str | os.PathLike, splits: list[str], *,
+                demo: dict | None = None) -> list[RowSource]:
+  """The named splits of dataset `name` in `data_dir`, for training and evaluation.
+
+  The demo set is built first when it is missing (with `demo`, a `demo_config` keyword dict); any other dataset
+  must have been prepared with `python -m data.build`, else the DataError says how.
+  """
+  config = None
+  if name == "editreward_demo":
+    from data.editreward_demo import demo_config  # deferred: the demo's drawing code is only needed here
+    config = demo_config(**(demo or {}))
+    try:
+      prepared_dir(name, data_dir, config)
+    except DataError:
+      print(f"building the demo set into {data_dir} (first run only)", flush=True)
+      tfds.disable_progress_bar()
+      build(name, data_dir, config=config)
+  else:
+    _builder_class(name)
+    try:
+      prepared_dir(name, data_dir)
+    except DataError:
+      raise DataError(f"dataset {name!r} is not prepared in {data_dir}: prepare it with python -m data.build "
+                      f"--dataset={name} --manual_dir=PARQUET_DIR --data_dir={data_dir}") from None
+  return [open_source(name, split, data_dir, config=config) for split in splits]

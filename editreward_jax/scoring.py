@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from editreward_jax import batching, checkpoints, processing
+from editreward_jax import batching, model_dir, processing
 from editreward_jax.models import positions
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.prompts import DIMENSIONS, Prompts, load_prompts
@@ -50,7 +50,8 @@ class Scorer:
     table = batching.ImageTable(self.dedup)
     rows = [r for ex in examples for r in batching.edit_rows(ex, table)]
     shape = batching.BatchShape(rows=2 * batch_size, images=2 * batch_size)
-    return batching.collate(rows, table, self.model.cfg, rope_mode=self.rope_mode, shape=shape, pad_id=self.pad_id)
+    return batching.stack_shards([batching.collate(rows, table, self.model.cfg, rope_mode=self.rope_mode, shape=shape,
+                                                   pad_id=self.pad_id)])  # one shard: the training batch format
 
   def _process(self, batch_size, instructions, sources, edits, where) -> dict[str, Any]:
     examples = [self.processor(i, s, e, where=w) for i, s, e, w in zip(instructions, sources, edits, where)]
@@ -77,7 +78,7 @@ class Scorer:
         if k + 1 < len(starts):
           pending = submit(starts[k + 1])
         m = min(bs, n - s)
-        per_dim[s:s + m] = np.asarray(out)[:2 * m].reshape(m, len(DIMENSIONS), 2)
+        per_dim[s:s + m] = batching.edit_outputs(np.asarray(out)[:2 * m])
         if progress:
           logging.info("scored %d/%d edits (%.1f edits/s)", s + m, n, (s + m) / (time.time() - t0))
     fused = np.asarray(fuse(jnp.asarray(per_dim), self.fusion))
@@ -88,15 +89,15 @@ class Scorer:
 def load_scorer(checkpoint: str, *, prompts: str | Prompts | None = None, rope_mode: str | None = None,
                 fusion: str | None = None, options: RuntimeOptions | None = None, batch_size: int = 8,
                 dedup: bool = True) -> Scorer:
-  """A Scorer for a model directory; `prompts` / `rope_mode` / `fusion` override what the checkpoint records."""
-  model_dir = checkpoints.resolve(checkpoint)
-  meta = checkpoints.read_meta(model_dir)
+  """A Scorer for a CKPT (model directory, training workdir or step); `prompts` / `rope_mode` / `fusion` override
+  what the checkpoint records."""
+  meta = model_dir.resolve(checkpoint)
   if meta.tokenizer_dir is None:
-    raise ValueError(f"{model_dir} has no tokenizer/ directory: scoring needs the tokenizer")
+    raise ValueError(f"{meta.directory} has no tokenizer/ directory: scoring needs the tokenizer")
   if isinstance(prompts, (str, os.PathLike)):
     prompts = load_prompts(prompts)
   prompts = prompts or meta.prompts()
-  model, _ = checkpoints.load_model(model_dir, options or RuntimeOptions())
+  model, _ = model_dir.load_model(checkpoint, options or RuntimeOptions())
   tokenizer = processing.load_tokenizer(meta.tokenizer_dir)
   processor = processing.Processor(tokenizer, prompts, patch_size=meta.model.vision.patch_size,
                                    merge_size=meta.model.vision.spatial_merge_size,

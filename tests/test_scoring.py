@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from configs.presets import TINY
-from editreward_jax import checkpoints, load_scorer, processing
+from editreward_jax import load_scorer, model_dir, processing
 from editreward_jax.prompts import load_prompts
 from editreward_jax.reward import HeadConfig, RewardModel
 
@@ -27,7 +27,7 @@ def reward_dir(tmp_path_factory):
   model = RewardModel(TINY, rngs=nnx.Rngs(0))
   tokenizer = processing.load_tokenizer(os.path.join(REPO, "data", "tiny_tokenizer"))
   settings = {"rope_mode": "sequential", "fusion": "mean", "min_pixels": 56 * 56, "max_pixels": 112 * 112}
-  return checkpoints.save_model_dir(out, nnx.to_pure_dict(nnx.state(model, nnx.Param)), TINY, HeadConfig(), settings,
+  return model_dir.save_model_dir(out, nnx.to_pure_dict(nnx.state(model, nnx.Param)), TINY, HeadConfig(), settings,
                                     tokenizer)
 
 

@@ -1,4 +1,4 @@
-"""Model shapes of the released backbones, as ModelConfig field dicts (a checkpoint's own config.json wins)."""
+"""Model shapes of the released backbones and the tiny CPU model, as ModelConfigs (a checkpoint's config.json wins)."""
 
 from __future__ import annotations
 

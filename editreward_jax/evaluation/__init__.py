@@ -1,0 +1,1 @@
+"""Evaluation: metrics over model scores (NumPy), benchmark readers, reports."""

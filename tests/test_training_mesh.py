@@ -1,0 +1,59 @@
+"""Training on 8 simulated CPU devices equals training on one (subprocess: the device count is fixed at start)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_eight_device_mesh_trains_like_one_device():
+  here = os.path.dirname(__file__)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+  run = subprocess.run([sys.executable, os.path.join(here, "multidevice_train.py")], env=env, capture_output=True,
+                       text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads(run.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8
+  assert max(abs(a - b) for a, b in zip(report["one_losses"], report["mesh_losses"])) <= 1e-5, report
+  assert report["max_param_diff"] <= 1e-5 and report["param_scale"] > 0.1, report
+  # 4 pairs over data x fsdp = 4 batch shards: the mesh batch lays its images out per shard.
+  assert report["mesh_pixels_shape"][0] == 4 and report["one_pixels_shape"][0] == 1, report
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path):
+  from test_train_command import scalars
+  here = os.path.dirname(__file__)
+  script = os.path.join(here, "multiprocess_train.py")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+  port = _free_port()
+  workers = [subprocess.Popen([sys.executable, script, "worker", str(i), str(port), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [w.communicate(timeout=900) for w in workers]
+  for w, (_, err) in zip(workers, outputs):
+    assert w.returncode == 0, err[-3000:]
+  reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert sorted(r["process"] for r in reports) == [0, 1] and all(r["processes"] == 2 for r in reports)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  ref = subprocess.run([sys.executable, script, "reference", str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=900)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  reference = json.loads(ref.stdout.strip().splitlines()[-1])
+  logged = scalars(tmp_path, "train/loss")
+  for step in (2, 3):
+    assert abs(logged[step][0] - reference["losses"][step - 1]) <= 1e-5, (logged, reference)
+  assert reference["max_param_diff"] <= 1e-5, reference
