@@ -160,7 +160,7 @@ def batch_shard_count(mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES) -> i
 
 # A pipeline batch's arrays are split over the batch mesh axes along axis 0 (rows, pairs, the vision arrays'
 # leading shard axis), except those named here; HOST_ONLY keys never go to a device.
-_BATCH_SPLIT_AXIS = {"position_ids": 1}  # [3, rows, seq]
+BATCH_SPLIT_AXIS = {"position_ids": 1}  # [3, rows, seq]
 HOST_ONLY = ("metrics",)
 
 
@@ -183,7 +183,7 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules: Mapping[str, An
   slices = _local_slices(mesh, axes)
 
   def place(path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
-    axis = _BATCH_SPLIT_AXIS.get(path[-1], 0)
+    axis = BATCH_SPLIT_AXIS.get(path[-1], 0)
     if len(shape) <= axis or shape[axis] % slices:
       sizes = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
       raise ValueError(f"batch array {'/'.join(path)} of shape {shape} cannot be split along axis {axis}: it needs "

@@ -70,11 +70,9 @@ def reference(workdir: str) -> None:
                                     shard=(index, 2)))
     halves.append([next(it) for _ in range(STEPS)])
     it.close()
-  # Join the two processes' arrays along the batch axis of each (axis 1 of position_ids, else 0), as the global
-  # arrays of the 2-process run join them.
+  # Join the two processes' arrays along the batch axis of each, as the global arrays of the 2-process run join them.
   def join(a, b, path):
-    axis = 1 if any(getattr(k, "key", None) == "position_ids" for k in path) else 0
-    return np.concatenate([a, b], axis=axis)
+    return np.concatenate([a, b], axis=sharding.BATCH_SPLIT_AXIS.get(path[-1].key, 0))
 
   joined = [jax.tree_util.tree_map_with_path(lambda path, a, b: join(a, b, path), loop.step_inputs(h0),
                                              loop.step_inputs(h1)) for h0, h1 in zip(*halves)]

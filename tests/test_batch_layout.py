@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -21,6 +17,7 @@ from configs.presets import TINY
 from data.editreward_demo import generate_rows
 from editreward_jax import batching, pairs, pipeline, processing, prompts, sharding
 from editreward_jax.reward import RewardModel
+from subprocess_run import run_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 56
@@ -155,13 +152,7 @@ def test_batch_shardings_split_every_array_on_its_batch_axis(rows, tokenizer):
 
 @pytest.mark.slow
 def test_eight_devices_each_batch_group_encodes_only_its_own_images():
-  here = os.path.dirname(__file__)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
-  run = subprocess.run([sys.executable, os.path.join(here, "multidevice_batch.py")], env=env, capture_output=True,
-                       text=True, timeout=600, check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
-  report = json.loads(run.stdout.strip().splitlines()[-1])
+  report = run_report("multidevice_batch.py", devices=8)
   assert report["devices"] == 8
   assert report["max_abs_diff"] <= 1e-5 and report["scale"] > 0.1, report
   # 4 shards of `slots` patch slots over 4 (data x fsdp) groups: each device embeds one shard's pixel rows, and no

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import pytest
 from jax.sharding import PartitionSpec
 
 from editreward_jax import sharding
+from subprocess_run import run_report
 
 
 def test_logical_rules_map_to_mesh_axes():
@@ -33,13 +29,7 @@ def test_mesh_sizes_are_checked():
 @pytest.mark.slow
 @pytest.mark.torch
 def test_eight_device_mesh_matches_one_device(tiny_hf_dir):
-  here = os.path.dirname(__file__)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
-  run = subprocess.run([sys.executable, os.path.join(here, "multidevice_forward.py"), tiny_hf_dir], env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  report = json.loads(run.stdout.strip().splitlines()[-1])
+  report = run_report("multidevice_forward.py", tiny_hf_dir, devices=8)
   assert report["devices"] == 8
   assert report["max_abs_diff"] <= 1e-5, report
   assert report["scale"] > 0.5

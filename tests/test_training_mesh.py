@@ -9,16 +9,12 @@ import sys
 
 import pytest
 
+from subprocess_run import HERE, run_report, script_env
+
 
 @pytest.mark.slow
 def test_eight_device_mesh_trains_like_one_device():
-  here = os.path.dirname(__file__)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
-  run = subprocess.run([sys.executable, os.path.join(here, "multidevice_train.py")], env=env, capture_output=True,
-                       text=True, timeout=900)
-  assert run.returncode == 0, run.stderr[-3000:]
-  report = json.loads(run.stdout.strip().splitlines()[-1])
+  report = run_report("multidevice_train.py", devices=8)
   assert report["devices"] == 8
   assert max(abs(a - b) for a, b in zip(report["one_losses"], report["mesh_losses"])) <= 1e-5, report
   assert report["max_param_diff"] <= 1e-5 and report["param_scale"] > 0.1, report
@@ -36,10 +32,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path):
   from test_train_command import scalars
-  here = os.path.dirname(__file__)
-  script = os.path.join(here, "multiprocess_train.py")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-             PYTHONPATH=os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
+  script = os.path.join(HERE, "multiprocess_train.py")
+  env = script_env(JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   port = _free_port()
   workers = [subprocess.Popen([sys.executable, script, "worker", str(i), str(port), str(tmp_path)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -48,11 +42,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(tmp_path)
     assert w.returncode == 0, err[-3000:]
   reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
   assert sorted(r["process"] for r in reports) == [0, 1] and all(r["processes"] == 2 for r in reports)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  ref = subprocess.run([sys.executable, script, "reference", str(tmp_path)], env=env, capture_output=True, text=True,
-                       timeout=900)
-  assert ref.returncode == 0, ref.stderr[-3000:]
-  reference = json.loads(ref.stdout.strip().splitlines()[-1])
+  reference = run_report("multiprocess_train.py", "reference", str(tmp_path), devices=2)
   logged = scalars(tmp_path, "train/loss")
   for step in (2, 3):
     assert abs(logged[step][0] - reference["losses"][step - 1]) <= 1e-5, (logged, reference)
