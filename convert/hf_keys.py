@@ -20,7 +20,11 @@ class ParamSpec:
   path: tuple[str, ...]     # where the parameter lives in the nnx state
   hf_key: str               # Hugging Face name; "{i}" stands for the layer index of a stacked parameter
   num_layers: int | None    # leading stacked axis of our parameter, or None
-  transform: str            # "copy", "linear" (torch [out, in] <-> our [in, out]) or "patch" (Conv3d <-> matmul)
+  # "copy"; "linear" (torch [out, in] <-> our [in, out]); "patch" (Conv3d <-> matmul); for attention projections,
+  # whose head axes we keep apart (see layers.Linear), "to_heads" (torch [prod(heads), in] <-> our [in, *heads]),
+  # "from_heads" (torch [out, prod(heads)] <-> our [*heads, out]) and "bias_heads" (torch [prod(heads)] <-> ours).
+  transform: str
+  heads: tuple[int, ...] = ()  # the head axes of a *_heads transform, e.g. (num_heads, head_dim)
 
   def hf_keys(self) -> list[str]:
     if self.num_layers is None:
@@ -58,11 +62,14 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
       ParamSpec(("visual", "blocks", "norm1", "scale"), block + "norm1.weight", v.depth, "copy"),
       ParamSpec(("visual", "blocks", "norm2", "scale"), block + "norm2.weight", v.depth, "copy"),
   ]
-  for name in ("qkv", "proj"):
-    specs += [
-        ParamSpec(("visual", "blocks", "attn", name, "kernel"), block + f"attn.{name}.weight", v.depth, "linear"),
-        ParamSpec(("visual", "blocks", "attn", name, "bias"), block + f"attn.{name}.bias", v.depth, "copy"),
-    ]
+  vis_heads = (v.num_heads, v.head_dim)
+  attn = ("visual", "blocks", "attn")
+  specs += [
+      ParamSpec(attn + ("qkv", "kernel"), block + "attn.qkv.weight", v.depth, "to_heads", (3,) + vis_heads),
+      ParamSpec(attn + ("qkv", "bias"), block + "attn.qkv.bias", v.depth, "bias_heads", (3,) + vis_heads),
+      ParamSpec(attn + ("proj", "kernel"), block + "attn.proj.weight", v.depth, "from_heads", vis_heads),
+      ParamSpec(attn + ("proj", "bias"), block + "attn.proj.bias", v.depth, "copy"),
+  ]
   for name in ("gate_proj", "up_proj", "down_proj"):
     specs += [
         ParamSpec(("visual", "blocks", "mlp", name, "kernel"), block + f"mlp.{name}.weight", v.depth, "linear"),
@@ -76,12 +83,14 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
       ParamSpec(("decoder", "layers", "post_attention_layernorm", "scale"), layer + "post_attention_layernorm.weight",
                 n, "copy"),
       ParamSpec(("decoder", "layers", "self_attn", "o_proj", "kernel"), layer + "self_attn.o_proj.weight", n,
-                "linear"),
+                "from_heads", (t.num_attention_heads, t.head_dim)),
   ]
-  for name in ("q_proj", "k_proj", "v_proj"):
+  for name, heads in (("q_proj", t.num_attention_heads), ("k_proj", t.num_key_value_heads),
+                      ("v_proj", t.num_key_value_heads)):
+    path, key = ("decoder", "layers", "self_attn", name), layer + f"self_attn.{name}."
     specs += [
-        ParamSpec(("decoder", "layers", "self_attn", name, "kernel"), layer + f"self_attn.{name}.weight", n, "linear"),
-        ParamSpec(("decoder", "layers", "self_attn", name, "bias"), layer + f"self_attn.{name}.bias", n, "copy"),
+        ParamSpec(path + ("kernel",), key + "weight", n, "to_heads", (heads, t.head_dim)),
+        ParamSpec(path + ("bias",), key + "bias", n, "bias_heads", (heads, t.head_dim)),
     ]
   for name in ("gate_proj", "up_proj", "down_proj"):
     specs.append(ParamSpec(("decoder", "layers", "mlp", name, "kernel"), layer + f"mlp.{name}.weight", n, "linear"))
@@ -108,6 +117,12 @@ def hf_shape(spec: ParamSpec, ours: tuple[int, ...], cfg: ModelConfig) -> tuple[
   """Shape of one Hugging Face tensor for our parameter shape `ours` (without the stacked axis)."""
   if spec.transform == "linear":
     return tuple(reversed(ours))
+  if spec.transform == "to_heads":
+    return (int(np.prod(ours[1:])), ours[0])
+  if spec.transform == "from_heads":
+    return (ours[-1], int(np.prod(ours[:-1])))
+  if spec.transform == "bias_heads":
+    return (int(np.prod(ours)),)
   if spec.transform == "patch":
     v = cfg.vision
     return (ours[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
@@ -118,6 +133,12 @@ def to_ours(spec: ParamSpec, x: np.ndarray) -> np.ndarray:
   """One Hugging Face tensor -> our layout (one layer of a stacked parameter)."""
   if spec.transform == "linear":
     return x.T
+  if spec.transform == "to_heads":
+    return x.T.reshape(x.shape[1], *spec.heads)
+  if spec.transform == "from_heads":
+    return x.T.reshape(*spec.heads, x.shape[0])
+  if spec.transform == "bias_heads":
+    return x.reshape(spec.heads)
   if spec.transform == "patch":
     # Conv3d with kernel = stride over a (C, T, P, P) patch is a dot product with the flattened kernel.
     return x.reshape(x.shape[0], -1).T
@@ -128,6 +149,12 @@ def to_hf(spec: ParamSpec, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
   """Inverse of `to_ours`."""
   if spec.transform == "linear":
     return x.T
+  if spec.transform == "to_heads":
+    return x.reshape(x.shape[0], -1).T
+  if spec.transform == "from_heads":
+    return x.reshape(-1, x.shape[-1]).T
+  if spec.transform == "bias_heads":
+    return x.reshape(-1)
   if spec.transform == "patch":
     return x.T.reshape(hf_shape(spec, x.shape, cfg))
   return x

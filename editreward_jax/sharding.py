@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -26,14 +27,15 @@ LOGICAL_RULES: dict[str, Any] = {
     "vocab": "tensor",
     "embed": "fsdp",
     "q_heads": "tensor",
-    "kv_heads": "tensor",
+    "kv_heads": "tensor",  # fewer KV heads than the tensor axis (or not a multiple): KV replicated over it
+    "head_dim": None,
     "mlp": "tensor",
     "norm": None,
     "layers": None,
     "vis_layers": None,
     "vis_patch": None,
     "vis_embed": "fsdp",
-    "vis_qkv": "tensor",
+    "qkv": None,  # the q/k/v axis of the vision tower's fused projection
     "vis_heads": "tensor",
     "vis_mlp": "tensor",
     "vis_norm": None,
@@ -106,16 +108,55 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSp
   return PartitionSpec(*out)
 
 
-def param_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES) -> dict[str, Any]:
-  """NamedSharding of every Variable of an nnx State from its `logical_axes` metadata (replicated if none).
-
-  Returned as a nested dict shaped like `nnx.to_pure_dict(state)`.
-  """
-  out: dict[str, Any] = {}
+def _param_specs(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any]
+                 ) -> tuple[list[tuple[tuple[str, ...], PartitionSpec]], dict[tuple[str, int, str], list[str]]]:
+  """Each Variable's (path, spec), and the dimensions the table would split but the mesh cannot, keyed by (logical
+  name, size, mesh axes) with the parameters concerned."""
+  specs, unsplit = [], {}
   for path, v in nnx.to_flat_state(state):
     axes = v.get_metadata().get("logical_axes")
     shape = tuple(v.get_value().shape)
-    spec = PartitionSpec() if axes is None else _fit(logical_to_spec(axes, rules), shape, mesh)
+    if axes is None:
+      specs.append((path, PartitionSpec()))
+      continue
+    spec = _fit(logical_to_spec(axes, rules), shape, mesh)
+    for name, dim, entry in zip(axes, shape, spec):
+      wanted = tuple(a for a in _axes(rules.get(name)) if mesh.shape[a] > 1)
+      if wanted and not entry:
+        sizes = " x ".join(f"{a}={mesh.shape[a]}" for a in wanted)
+        unsplit.setdefault((name, dim, sizes), []).append("/".join(map(str, path)))
+    specs.append((path, spec))
+  return specs, unsplit
+
+
+def unsplit_dims(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES) -> list[str]:
+  """One line per logical axis that the table splits but this mesh cannot (its size is no multiple of the mesh
+  axes): such dimensions stay replicated. For KV heads fewer than the tensor axis that is the intended rule (each
+  device keeps every KV head; queries still split); elsewhere it means memory or compute is not shared as the
+  config asked."""
+  return _describe(_param_specs(state, mesh, rules)[1])
+
+
+def _describe(unsplit: Mapping[tuple[str, int, str], list[str]]) -> list[str]:
+  lines = []
+  for (name, dim, sizes), paths in sorted(unsplit.items()):
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    lines.append(f"logical axis {name!r} of size {dim} cannot be split over {sizes}: replicated in {len(paths)} "
+                 f"parameter{'s' if len(paths) > 1 else ''} ({shown})")
+  return lines
+
+
+def param_shardings(state: nnx.State, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES) -> dict[str, Any]:
+  """NamedSharding of every Variable of an nnx State from its `logical_axes` metadata (replicated if none).
+
+  Returned as a nested dict shaped like `nnx.to_pure_dict(state)`. A dimension the mesh cannot split is replicated
+  and logged (`unsplit_dims`).
+  """
+  specs, unsplit = _param_specs(state, mesh, rules)
+  for line in _describe(unsplit):
+    logging.warning("sharding: %s", line)
+  out: dict[str, Any] = {}
+  for path, spec in specs:
     node = out
     for key in path[:-1]:
       node = node.setdefault(key, {})

@@ -80,8 +80,14 @@ def test_both_layouts_and_shards_import_identically(tiny_hf_dir, tiny_ckpt, in_m
 def test_imported_values_are_the_torch_values(tiny_torch, tiny_ckpt):
   params, meta = params_of(tiny_ckpt)
   sd = tiny_torch.state_dict()
-  np.testing.assert_array_equal(params["decoder"]["layers"]["self_attn"]["q_proj"]["kernel"][1],
-                                sd["model.language_model.layers.1.self_attn.q_proj.weight"].numpy().T)
+  q = params["decoder"]["layers"]["self_attn"]["q_proj"]["kernel"][1]  # [D, heads, head_dim]
+  q_torch = sd["model.language_model.layers.1.self_attn.q_proj.weight"].numpy()
+  np.testing.assert_array_equal(q[:, 2], q_torch[2 * q.shape[2]:3 * q.shape[2]].T)  # head 2: its own rows
+  np.testing.assert_array_equal(q.reshape(q.shape[0], -1), q_torch.T)
+  qkv = params["visual"]["blocks"]["attn"]["qkv"]["kernel"][0]  # [C, q/k/v, heads, head_dim]
+  c = qkv.shape[0]
+  k_torch = sd["model.visual.blocks.0.attn.qkv.weight"].numpy()[c:2 * c]
+  np.testing.assert_array_equal(qkv[:, 1].reshape(c, c), k_torch.T)
   conv = sd["model.visual.patch_embed.proj.weight"].numpy()
   np.testing.assert_array_equal(params["visual"]["patch_embed"]["kernel"], conv.reshape(conv.shape[0], -1).T)
   np.testing.assert_array_equal(params["embed_tokens"], sd["model.language_model.embed_tokens.weight"].numpy())

@@ -35,16 +35,25 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, axes: tuple[str | None,
 
 
 class Linear(nnx.Module):
-  """y = x @ kernel (+ bias), computed in `dtype` with parameters stored in `param_dtype`."""
+  """y = x @ kernel (+ bias), computed in `dtype` with parameters stored in `param_dtype`.
 
-  def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
-               init_std: float, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
-    self.kernel = param(rngs, (in_features, out_features), param_dtype, axes, "normal", init_std)
-    self.bias = param(rngs, (out_features,), param_dtype, axes[1:], "zeros") if use_bias else None
+  `in_features` and `out_features` may be tuples: the kernel is then [*in, *out], contracting the last len(in) axes
+  of x and giving len(out) new ones. Attention projections keep (heads, head_dim) apart this way, so a mesh axis on
+  the heads dimension always splits whole heads.
+  """
+
+  def __init__(self, in_features: int | tuple[int, ...], out_features: int | tuple[int, ...],
+               axes: tuple[str | None, ...], *, use_bias: bool, init_std: float, dtype: Dtype, param_dtype: Dtype,
+               rngs: nnx.Rngs):
+    in_shape = in_features if isinstance(in_features, tuple) else (in_features,)
+    out_shape = out_features if isinstance(out_features, tuple) else (out_features,)
+    self.kernel = param(rngs, in_shape + out_shape, param_dtype, axes, "normal", init_std)
+    self.bias = param(rngs, out_shape, param_dtype, axes[len(in_shape):], "zeros") if use_bias else None
+    self.contract = len(in_shape)
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.contract)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y

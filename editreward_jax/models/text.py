@@ -32,21 +32,17 @@ class TextAttention(nnx.Module):
   def __init__(self, cfg: TextConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     d, hd = cfg.hidden_size, cfg.head_dim
     kw = dict(init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q_proj = layers.Linear(d, cfg.num_attention_heads * hd, ("embed", "q_heads"), use_bias=True, **kw)
-    self.k_proj = layers.Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
-    self.v_proj = layers.Linear(d, cfg.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True, **kw)
-    self.o_proj = layers.Linear(cfg.num_attention_heads * hd, d, ("q_heads", "embed"), use_bias=False, **kw)
-    self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+    h, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    self.q_proj = layers.Linear(d, (h, hd), ("embed", "q_heads", "head_dim"), use_bias=True, **kw)
+    self.k_proj = layers.Linear(d, (kv, hd), ("embed", "kv_heads", "head_dim"), use_bias=True, **kw)
+    self.v_proj = layers.Linear(d, (kv, hd), ("embed", "kv_heads", "head_dim"), use_bias=True, **kw)
+    self.o_proj = layers.Linear((h, hd), d, ("q_heads", "head_dim", "embed"), use_bias=False, **kw)
 
   def __call__(self, x, cos, sin, lengths, implementation):
-    b, l, _ = x.shape
-    q = self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+    q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, L, heads, head_dim]
     q = layers.apply_rotary(q, cos, sin)
     k = layers.apply_rotary(k, cos, sin)
-    out = attention.attend(q, k, v, lengths, causal=True, implementation=implementation)
-    return self.o_proj(out.reshape(b, l, -1))
+    return self.o_proj(attention.attend(q, k, v, lengths, causal=True, implementation=implementation))
 
 
 class DecoderLayer(nnx.Module):

@@ -35,17 +35,19 @@ class VisionAttention(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     c = cfg.hidden_size
-    self.qkv = layers.Linear(c, 3 * c, ("vis_embed", "vis_qkv"), use_bias=True,
-                             init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.proj = layers.Linear(c, c, ("vis_heads", "vis_embed"), use_bias=True,
-                              init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    heads = (cfg.num_heads, cfg.head_dim)
+    kw = dict(use_bias=True, init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # The fused projection keeps q, k and v on their own axis so that splitting heads gives each device the same
+    # heads of all three.
+    self.qkv = layers.Linear(c, (3,) + heads, ("vis_embed", "qkv", "vis_heads", "head_dim"), **kw)
+    self.proj = layers.Linear(heads, c, ("vis_heads", "head_dim", "vis_embed"), **kw)
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.head_dim
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, full: jax.Array, vb: Mapping[str, jax.Array],
                implementation: str) -> jax.Array:
     s = x.shape[0]
-    qkv = self.qkv(x).reshape(s, 3, self.num_heads, self.head_dim)
+    qkv = self.qkv(x)  # [S, 3, heads, head_dim]
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
     # transformers rotates q and k in float32 whatever the compute dtype.
     q = layers.apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
@@ -56,13 +58,13 @@ class VisionAttention(nnx.Module):
       shape = (n_win, s // n_win, self.num_heads, self.head_dim)
       out = attention.attend(q.reshape(shape), k.reshape(shape), v.reshape(shape), vb["window_lengths"],
                              causal=False, implementation=implementation)
-      return out.reshape(s, -1)
+      return out.reshape(s, self.num_heads, self.head_dim)
 
     def image_attention(q, k, v):
       idx = vb["image_slots"]  # [I, P]: each image's patches gathered into one compact row
       out = attention.attend(q[idx], k[idx], v[idx], vb["image_lengths"], causal=False,
                              implementation=implementation)
-      return out.reshape(-1, self.num_heads * self.head_dim)[vb["slot_to_image"]]
+      return out.reshape(-1, self.num_heads, self.head_dim)[vb["slot_to_image"]]
 
     out = jax.lax.cond(full, image_attention, window_attention, q, k, v)
     return self.proj(out)

@@ -4,6 +4,7 @@ An abstract mesh of the config's sizes stands in for the devices, so a 7B plan f
 checked on a laptop. The bytes are those of each parameter's shard under the sharding table: model parameters
 (trainable and frozen, in param_dtype), gradients (one per trainable parameter, same dtype and sharding) and AdamW's
 state (two moments per trainable parameter). Activations are not counted: they depend on the batch and remat.
+`unsplit` lists the dimensions the table would split but this mesh cannot (kept whole on every device).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType
 
-from editreward_jax import sharding
+from editreward_jax import model_dir, sharding
 from editreward_jax.training import optimizer as opt_lib
 from editreward_jax.training import state as state_lib
 from editreward_jax.training.config import from_config
@@ -33,7 +34,7 @@ def dry_run(raw_config: Mapping[str, Any]) -> dict[str, Any]:
   sizes = mesh_sizes(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, jax.device_count())
   mesh = AbstractMesh(sizes, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   setup = state_lib.model_setup(config, require_base=False)
-  _, abstract = state_lib.abstract_model(setup, mesh)
+  _, state, abstract = model_dir.abstract_params(setup.cfg, setup.options, setup.head, mesh)
   reward_id = setup.cfg.text.vocab_size - 1  # any row: only shapes matter here
   trainable, frozen = state_lib.split_abstract(config, abstract, reward_id, mesh)
   tx, _ = opt_lib.make_optimizer(config.optimizer, max(config.train.steps, 1), trainable)
@@ -49,4 +50,5 @@ def dry_run(raw_config: Mapping[str, Any]) -> dict[str, Any]:
   count = lambda tree: int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
   return {"mesh": shape, "devices": int(np.prod(sizes)), "model_source": setup.base or f"preset {config.model.preset}",
           "params": count(abstract), "trainable": count(trainable), "frozen": count(frozen),
-          "per_device_bytes": per_device, "per_device_gib": round(per_device["total"] / 2**30, 3)}
+          "per_device_bytes": per_device, "per_device_gib": round(per_device["total"] / 2**30, 3),
+          "unsplit": sharding.unsplit_dims(state, mesh)}

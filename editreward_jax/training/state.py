@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from editreward_jax import model_dir, sharding
+from editreward_jax import model_dir
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.models.presets import PRESETS
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
@@ -91,11 +91,8 @@ def reward_token_id(tokenizer) -> int:
 
 def abstract_model(setup: ModelSetup, mesh) -> tuple[nnx.GraphDef, Params]:
   """GraphDef and the full parameter tree as ShapeDtypeStructs carrying each parameter's sharding."""
-  abstract = nnx.eval_shape(lambda: RewardModel(setup.cfg, setup.options, setup.head, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract, nnx.Param)
-  values = nnx.to_pure_dict(state)
-  shardings = sharding.param_shardings(state, mesh)
-  return graphdef, jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), values, shardings)
+  graphdef, _, abstract = model_dir.abstract_params(setup.cfg, setup.options, setup.head, mesh)
+  return graphdef, abstract
 
 
 def initial_params(setup: ModelSetup, abstract: Params, seed: int) -> Params:
