@@ -26,23 +26,31 @@ SINGLE_FILE = "model.safetensors"
 
 
 class SafetensorsFile:
-  """One memory-mapped .safetensors file."""
+  """One memory-mapped .safetensors file, its header checked against the file when it is opened: a truncated or
+  corrupt file fails here, naming the file and the tensor, not later inside a reshape."""
 
   def __init__(self, path: str):
     self.path = path
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
       head = f.read(8)
       if len(head) != 8:
         raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
       (n,) = struct.unpack("<Q", head)
+      if n > size - 8:
+        raise ValueError(f"{path}: header length {n} exceeds the file's {size - 8} bytes after it (truncated, or "
+                         "not a safetensors file)")
       try:
         header = json.loads(f.read(n))
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: unreadable safetensors header: {e}") from None
+    if not isinstance(header, dict):
+      raise ValueError(f"{path}: the safetensors header is not a JSON object")
     self.metadata = header.pop("__metadata__", {}) or {}
     self.header = header
     self._data_start = 8 + n
-    self._mmap = np.memmap(path, dtype=np.uint8, mode="r")
+    _check_layout(path, header, size - self._data_start)
+    self._mmap = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
 
   def keys(self) -> list[str]:
     return list(self.header)
@@ -51,10 +59,7 @@ class SafetensorsFile:
     return tuple(self.header[key]["shape"])
 
   def dtype(self, key: str) -> np.dtype:
-    name = self.header[key]["dtype"]
-    if name not in _DTYPES:
-      raise ValueError(f"{self.path}: tensor {key!r} has unsupported dtype {name}")
-    return _DTYPES[name]
+    return _DTYPES[self.header[key]["dtype"]]
 
   def get(self, key: str) -> np.ndarray:
     """A read-only view of the tensor (no copy)."""
@@ -62,6 +67,36 @@ class SafetensorsFile:
     begin, end = info["data_offsets"]
     buf = self._mmap[self._data_start + begin:self._data_start + end]
     return buf.view(self.dtype(key)).reshape(info["shape"])
+
+
+def _check_layout(path: str, header: Mapping[str, object], data_bytes: int) -> None:
+  """Every entry has a known dtype, a shape of non-negative ints and offsets inside the data section that hold
+  exactly shape x itemsize bytes; no two tensors overlap."""
+  spans = []
+  for key, info in header.items():
+    where = f"{path}: tensor {key!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+      raise ValueError(f"{where}: header entry needs dtype, shape and data_offsets, has {info!r}")
+    if info["dtype"] not in _DTYPES:
+      raise ValueError(f"{where}: unsupported dtype {info['dtype']!r} (known: {', '.join(_DTYPES)})")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+      raise ValueError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]):
+      raise ValueError(f"{where}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+    if offsets[1] > data_bytes:
+      raise ValueError(f"{where}: data_offsets {offsets} end past the file's {data_bytes}-byte data section "
+                       "(truncated file?)")
+    want = int(np.prod(shape, dtype=np.int64)) * _DTYPES[info["dtype"]].itemsize
+    if offsets[1] - offsets[0] != want:
+      raise ValueError(f"{where}: data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, but shape {shape} "
+                       f"of {info['dtype']} needs {want}")
+    spans.append((offsets[0], offsets[1], key))
+  spans.sort()
+  for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+    if begin < end:
+      raise ValueError(f"{path}: tensors {first!r} and {second!r} overlap in the data section")
 
 
 class CheckpointReader:
