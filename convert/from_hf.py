@@ -14,16 +14,16 @@ import json
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from convert import hf_keys
 from convert.safetensors_io import CheckpointReader
-from editreward_jax import model_dir, processing
+from editreward_jax import cli, model_dir, paths, processing
 from editreward_jax.models import positions
 from editreward_jax.models.config import ModelConfig, from_hf_dict
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
@@ -37,12 +37,16 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint's tensors do not match the model: lists every missing, unexpected and mis-shaped key."""
 
 
-def read_hf_config(base: str) -> dict[str, Any]:
+def read_hf_config(base: str) -> ModelConfig:
+  """The model config of a Hugging Face directory; errors name config.json and the field."""
   path = os.path.join(base, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{base}: config.json is missing")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return from_hf_dict(json.load(f))
+  except ValueError as e:  # json.JSONDecodeError included
+    raise ValueError(f"{path}: {e}") from None
 
 
 def canonical_index(reader: CheckpointReader) -> dict[str, str]:
@@ -131,7 +135,7 @@ def load_backbone(base: str, *, param_dtype: str = "auto", mesh=None, reader: Ch
   `reader` reads the tensors from another file than the base directory's (a released EditReward state dict, whose
   `rm_heads.*` are left to the caller). The token tables keep the tensor's row count, or are cut to `vocab_size`.
   """
-  cfg = from_hf_dict(read_hf_config(base))
+  cfg = read_hf_config(base)
   reader = reader or CheckpointReader(base)
   index = canonical_index(reader)
   if EMBED_KEY in index:  # the table size comes from the tensor (e.g. resized for an added <|Reward|> token)
@@ -203,6 +207,9 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
   length as the reference's resize does. The prompts (the project's default rubric unless `prompts_file`), image
   resolution, position mode and fusion are recorded so that scoring needs nothing else.
   """
+  base, out, reward_weights = paths.expand(base), paths.expand(out), paths.expand(reward_weights)
+  if not os.path.isdir(base):
+    raise FileNotFoundError(f"{base}: not a directory (expected a Hugging Face model directory)")
   if rope_mode not in positions.ROPE_MODES:
     raise ValueError(f"unknown rope mode {rope_mode!r}; choose one of {positions.ROPE_MODES}")
   if fusion not in FUSIONS:
@@ -231,17 +238,16 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
 def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
-  logging.getLogger().setLevel(logging.INFO)
+  cli.quiet_logs(f.verbose)
   start = time.time()
-  try:
-    import_hf(f.base, f.out, reward_weights=f.reward_weights, param_dtype=f.param_dtype, rope_mode=f.rope_mode,
+  with cli.one_line_errors():
+    out = import_hf(f.base, f.out, reward_weights=f.reward_weights, param_dtype=f.param_dtype, rope_mode=f.rope_mode,
               fusion=f.fusion, prompts_file=f.prompts, min_pixels=f.min_pixels, max_pixels=f.max_pixels)
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {e}") from None
-  print(f"wrote {f.out} in {time.time() - start:.1f}s")
+  print(f"wrote {out} in {time.time() - start:.1f}s")
 
 
 def define_flags() -> None:
+  cli.verbose_flag()
   flags.DEFINE_string("base", None, "Hugging Face Qwen2.5-VL directory (config.json, tokenizer, safetensors).",
                       required=True)
   flags.DEFINE_string("out", None, "Output model directory.", required=True)
@@ -261,4 +267,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 
 from convert import hf_keys
 from convert.from_hf import EMBED_KEY
 from convert.hf_keys import SETTINGS_FILE
 from convert.safetensors_io import SINGLE_FILE, save_file
-from editreward_jax import model_dir, processing
+from editreward_jax import cli, model_dir, paths, processing
 from editreward_jax.models.config import ModelConfig, to_hf_dict
 from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN
 
@@ -152,6 +152,7 @@ def export_settings(meta: model_dir.ModelMeta, reward_token_id: int) -> dict[str
 def export_torch(checkpoint: str, out: str) -> str:
   """Writes the PyTorch export of `checkpoint` (any CKPT) at `out`; returns `out`."""
   meta = model_dir.resolve(checkpoint)
+  out = paths.expand(out)
   if meta.tokenizer_dir is None:
     raise ValueError(f"{meta.directory} has no {model_dir.TOKENIZER_DIR}/ directory: the export needs the "
                      f"tokenizer with {REWARD_TOKEN}")
@@ -176,16 +177,15 @@ def export_torch(checkpoint: str, out: str) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  cli.quiet_logs(flags.FLAGS.verbose)
   start = time.time()
-  try:
-    export_torch(flags.FLAGS.checkpoint, flags.FLAGS.out)
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {e}") from None
-  print(f"wrote {flags.FLAGS.out} in {time.time() - start:.1f}s")
+  with cli.one_line_errors():
+    out = export_torch(flags.FLAGS.checkpoint, flags.FLAGS.out)
+  print(f"wrote {out} in {time.time() - start:.1f}s")
 
 
 def define_flags() -> None:
+  cli.verbose_flag()
   flags.DEFINE_string("checkpoint", None, "Model directory to export (written by convert.from_hf or training).",
                       required=True)
   flags.DEFINE_string("out", None, "Output directory: model.safetensors, config.json, tokenizer files and "
@@ -194,4 +194,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Iterator
 
 from data.schema import DataError, row_error
+from editreward_jax import paths
 
 
 def _skip_space(text: str, pos: int) -> int:
@@ -182,7 +184,7 @@ class ScoringSource:
   """
 
   def __init__(self, path: str | pathlib.Path):
-    self.path = pathlib.Path(path)
+    self.path = pathlib.Path(paths.expand(os.fspath(path)))
     self.requests: list[ScoringRequest] = []
     first_line: dict[str | int, int] = {}
     for line, row in iter_json_rows(self.path):

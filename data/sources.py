@@ -16,6 +16,7 @@ from data.editreward_bench import EditrewardBench
 from data.editreward_data import EditrewardData
 from data.editreward_demo import EditrewardDemo
 from data.schema import DataError
+from editreward_jax import paths
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "editreward_data": EditrewardData,
@@ -51,6 +52,7 @@ def build(name: str, data_dir: str | os.PathLike, *, manual_dir: str | os.PathLi
   `data.demo_config(num_train_pairs=...)` for the demo set.
   """
   cls = _builder_class(name)
+  data_dir, manual_dir = paths.expand(os.fspath(data_dir)), paths.expand(manual_dir and os.fspath(manual_dir))
   if name in NEEDS_MANUAL_DIR:
     if manual_dir is None or not pathlib.Path(manual_dir).is_dir():
       raise DataError(f"{name} is built from local parquet files: manual_dir must be their folder, got {manual_dir!r}")
@@ -110,12 +112,21 @@ class RowSource:
 
 def prepared_dir(name: str, data_dir: str | os.PathLike, config: tfds.core.BuilderConfig | str | None = None
                  ) -> pathlib.Path:
-  """Where `build` puts dataset `name` (config default: the builder's first) at the builder's current version."""
+  """Where `build` put dataset `name` at the builder's current version. Without `config`: the builder's first
+  config, or else the one config prepared there (a non-default demo build); several are an error naming them."""
   cls = _builder_class(name)
+  data_dir = paths.expand(os.fspath(data_dir))
   config_name = config.name if isinstance(config, tfds.core.BuilderConfig) else config
+  version = str(cls.VERSION)
   if config_name is None and cls.BUILDER_CONFIGS:
     config_name = cls.BUILDER_CONFIGS[0].name
-  path = pathlib.Path(data_dir, name, *([config_name] if config_name else []), str(cls.VERSION))
+    prepared = sorted(p.parent.parent.name for p in pathlib.Path(data_dir, name).glob(f"*/{version}/dataset_info.json"))
+    if config_name not in prepared and len(prepared) == 1:
+      config_name = prepared[0]
+    elif config_name not in prepared and prepared:
+      raise DataError(f"{pathlib.Path(data_dir, name)}: the default config {config_name!r} is not prepared; "
+                      f"prepared configs are {prepared}: pass config=NAME")
+  path = pathlib.Path(data_dir, name, *([config_name] if config_name else []), version)
   if not (path / "dataset_info.json").is_file():
     raise DataError(f"{path}: not prepared; build it first (python -m data.build --dataset={name} ...)")
   return path
@@ -123,7 +134,8 @@ def prepared_dir(name: str, data_dir: str | os.PathLike, config: tfds.core.Build
 
 def open_source(name: str, split: str, data_dir: str | os.PathLike, *,
                 config: tfds.core.BuilderConfig | str | None = None) -> RowSource:
-  """Split `split` of dataset `name` as prepared by `build` in `data_dir`; `config` is a config or its name."""
+  """Split `split` of dataset `name` as prepared by `build` in `data_dir`; `config` is a config or its name (see
+  `prepared_dir` for the default)."""
   path = prepared_dir(name, data_dir, config)
   builder = tfds.builder_from_directory(os.fspath(path))
   splits = builder.info.splits
@@ -140,6 +152,7 @@ def open_splits(name: str, data_dir: str | os.PathLike, splits: list[str], *,
   must have been prepared with `python -m data.build`, else the DataError says how.
   """
   config = None
+  data_dir = paths.expand(os.fspath(data_dir))
   if name == "editreward_demo":
     from data.editreward_demo import demo_config  # deferred: the demo's drawing code is only needed here
     config = demo_config(**(demo or {}))

@@ -9,6 +9,7 @@ No pickle is involved anywhere: Orbax stores arrays with TensorStore and metadat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from editreward_jax import sharding
+from editreward_jax import paths, sharding
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.processing import DEFAULT_PIXELS
@@ -56,10 +57,13 @@ class ModelMeta:
 
 
 def write_meta(directory: str, cfg: ModelConfig, head: HeadConfig, settings: Mapping[str, Any]) -> None:
+  """editreward.json, replaced atomically (a reader sees the old file or the new one, never half of one)."""
   meta = {"format_version": FORMAT_VERSION, "model": cfg.to_dict(), "head": dataclasses.asdict(head),
           "settings": dict(settings)}
-  with open(os.path.join(directory, META_FILE), "w") as f:
+  path = os.path.join(directory, META_FILE)
+  with open(path + ".tmp", "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
 
 
 def _latest_step(workdir: str) -> str | None:
@@ -72,7 +76,7 @@ def _latest_step(workdir: str) -> str | None:
 def resolve(checkpoint: str) -> ModelMeta:
   """The model a CKPT argument names: a model directory, a training workdir (its newest step) or one step of it
   (WORKDIR/checkpoints/N, whose editreward.json and tokenizer are the workdir's)."""
-  checkpoint = os.path.abspath(os.path.expandvars(os.path.expanduser(checkpoint)))
+  checkpoint = os.path.abspath(paths.expand(checkpoint))
   if not os.path.isdir(checkpoint):
     raise FileNotFoundError(f"checkpoint {checkpoint!r} is not a directory")
   workdir = os.path.dirname(os.path.dirname(checkpoint))
@@ -82,6 +86,9 @@ def resolve(checkpoint: str) -> ModelMeta:
       raise FileNotFoundError(f"{checkpoint} is not a complete training checkpoint ({PARAMS_DIR}/ is missing)")
     return read_meta(workdir, params_dir=checkpoint)
   if not os.path.exists(os.path.join(checkpoint, META_FILE)):
+    if os.path.isdir(os.path.join(checkpoint, PARAMS_DIR)):
+      raise FileNotFoundError(f"{checkpoint} is an incomplete model directory: {PARAMS_DIR}/ is there but "
+                              f"{META_FILE}, written last, is not (its writing was interrupted); write it again")
     raise FileNotFoundError(f"{checkpoint} is not a model directory or training workdir ({META_FILE} is missing)")
   if os.path.isdir(os.path.join(checkpoint, CHECKPOINT_DIR)):
     step = _latest_step(checkpoint)
@@ -113,13 +120,22 @@ def save_params(directory: str, params: Mapping[str, Any]) -> None:
 
 
 def save_model_dir(directory: str, params: Mapping[str, Any], cfg: ModelConfig, head: HeadConfig,
-                   settings: Mapping[str, Any], tokenizer=None) -> str:
-  """Writes a complete model directory: parameters {"backbone", "heads"}, tokenizer (if given) and metadata."""
-  os.makedirs(directory, exist_ok=True)
+                   settings: Mapping[str, Any], tokenizer=None, *, primary: bool = True) -> str:
+  """Writes a complete model directory: parameters {"backbone", "heads"}, tokenizer (if given) and metadata.
+
+  editreward.json marks a complete directory: it is removed first and written last, so a write that dies midway
+  (over an older model too) leaves a directory that `resolve` refuses. Every process calls this (the parameters
+  are saved collectively); only the `primary` one writes the files beside them.
+  """
+  if primary:
+    os.makedirs(directory, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(directory, META_FILE))
   save_params(directory, params)
-  if tokenizer is not None:
-    tokenizer.save_pretrained(os.path.join(directory, TOKENIZER_DIR))
-  write_meta(directory, cfg, head, settings)  # last: its presence marks a complete directory
+  if primary:
+    if tokenizer is not None:
+      tokenizer.save_pretrained(os.path.join(directory, TOKENIZER_DIR))
+    write_meta(directory, cfg, head, settings)
   return directory
 
 

@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any, Mapping
 
+from editreward_jax import paths
+
 DIMENSIONS = ("instruction_following", "visual_quality")  # in head order: head_0, head_1
 REWARD_TOKEN = "<|Reward|>"
 PLACEHOLDER = "{instruction}"
@@ -70,7 +72,7 @@ def load_prompts(path: str | os.PathLike | None = None) -> Prompts:
     resource = importlib.resources.files("editreward_jax") / "default_prompts.json"
     text, source = resource.read_text(encoding="utf-8"), "editreward_jax/default_prompts.json"
   else:
-    source = os.fspath(path)
+    source = paths.expand(os.fspath(path))
     try:
       with open(source, encoding="utf-8") as f:
         text = f.read()

@@ -11,7 +11,6 @@ file's folder). Output rows, in input order: {"id", "mu", "log_sigma", "instruct
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from typing import Sequence
@@ -19,6 +18,7 @@ from typing import Sequence
 from absl import app, flags
 
 from data.readers import ScoringSource
+from editreward_jax import cli
 from editreward_jax.models.positions import ROPE_MODES
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.reward import FUSIONS
@@ -34,6 +34,7 @@ flags.DEFINE_enum("fusion", None, list(FUSIONS), "Override the checkpoint's fusi
 flags.DEFINE_integer("batch_size", 8, "Edits per forward pass.", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Attention kernel (cudnn: GPU only).")
+VERBOSE = cli.verbose_flag()
 FLAGS = flags.FLAGS
 
 
@@ -58,15 +59,13 @@ def run(checkpoint: str, input_path: str, output_path: str, *, prompts: str | No
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
+  cli.quiet_logs(VERBOSE.value)
   start = time.time()
-  try:
+  with cli.one_line_errors():
     n = run(FLAGS.checkpoint, FLAGS.input, FLAGS.output, prompts=FLAGS.prompts, rope_mode=FLAGS.rope_mode,
             fusion=FLAGS.fusion, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl)
-  except (OSError, ValueError) as e:
-    raise SystemExit(f"error: {e}") from None
   print(f"scored {n} edits in {time.time() - start:.1f}s -> {FLAGS.output}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

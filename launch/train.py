@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from editreward_jax import cli, paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -25,7 +26,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Build the train state abstractly
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process GPU runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (multi-process GPU runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process GPU runs).")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the INFO logs of the libraries (Orbax, Grain, TFDS, ...).")
+_VERBOSE = cli.verbose_flag()
 flags.mark_flags_as_required(["config"])
 
 
@@ -45,13 +46,12 @@ def _distributed() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _VERBOSE.value:
-    logging.set_verbosity(logging.WARNING)  # the progress and eval lines are printed; library INFO logs are noise
+  cli.quiet_logs(_VERBOSE.value)  # the progress and eval lines are printed; library INFO logs are noise
   from editreward_jax.schema import DataError
   from editreward_jax.training import plan
   from editreward_jax.training.config import ConfigError
   config = _CONFIG.value
-  try:
+  with cli.one_line_errors(ConfigError, DataError, FloatingPointError):
     if _DRY_RUN.value:
       print(json.dumps(plan.dry_run(config)))
       return
@@ -60,18 +60,16 @@ def main(argv: Sequence[str]) -> None:
     _distributed()
     import data
     from editreward_jax.training import loop
-    from editreward_jax.training.config import expand_path, from_config
-    workdir = expand_path(_WORKDIR.value)
+    from editreward_jax.training.config import from_config
+    workdir = paths.expand(_WORKDIR.value)
     d = from_config(config).data
     data_dir = d.data_dir or os.path.join(workdir, "tfds")
     splits = [d.train_split] + ([d.eval_split] if d.eval_split else [])
     opened = data.open_splits(d.name, data_dir, splits, demo=d.demo)
     result = loop.train_and_evaluate(config, workdir, loop.Sources(opened[0], opened[1] if d.eval_split else None))
-  except (ConfigError, DataError, FileNotFoundError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
   if not result.get("preempted"):
     print(f"done: step {result['step']}; model directory {os.path.join(workdir, 'model')}", flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

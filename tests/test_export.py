@@ -98,6 +98,8 @@ def test_cli(released, tmp_path):
                                   cwd=ROOT)
   ok = run(f"--checkpoint={ckpt}", f"--out={tmp_path / 'export'}")
   assert ok.returncode == 0, ok.stderr
+  lines = (ok.stdout + ok.stderr).strip().splitlines()  # quiet: no Orbax or transformers INFO logs
+  assert len(lines) == 1 and lines[0].startswith(f"wrote {tmp_path / 'export'}"), lines
   assert {"model.safetensors", "config.json", "tokenizer.json", to_torch.SETTINGS_FILE} <= set(
       os.listdir(tmp_path / "export"))
   bad = run(f"--checkpoint={base}", f"--out={tmp_path / 'nothing'}")

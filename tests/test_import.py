@@ -133,11 +133,65 @@ def test_mismatched_checkpoint_names_the_key(tiny_hf_dir, in_memory_tensors, tmp
 
 def test_cli(tiny_hf_dir, tmp_path):
   out = tmp_path / "ckpt"
+  env = dict(os.environ, HOME=str(tmp_path))
   run = lambda *a: subprocess.run([sys.executable, "-m", "convert.from_hf", *a], capture_output=True, text=True,
-                                  cwd=os.path.dirname(os.path.dirname(__file__)))
-  ok = run(f"--base={tiny_hf_dir}", f"--out={out}")
+                                  cwd=os.path.dirname(os.path.dirname(__file__)), env=env)
+  ok = run(f"--base={tiny_hf_dir}", "--out=~/ckpt")  # as a shell passes --flag=~/x: unexpanded
   assert ok.returncode == 0, ok.stderr
   assert (out / "editreward.json").exists() and (out / "params").is_dir()
+  # Quiet by default: the "no tokenizer" warning and the closing line, no library INFO logs.
+  lines = (ok.stdout + ok.stderr).strip().splitlines()
+  assert len(lines) <= 2 and ok.stdout.startswith(f"wrote {out} "), lines
+  verbose = run(f"--base={tiny_hf_dir}", f"--out={tmp_path / 'again'}", "--verbose")
+  assert len((verbose.stdout + verbose.stderr).splitlines()) > 10
   bad = run(f"--base={tmp_path / 'nowhere'}", f"--out={out}")
   assert bad.returncode != 0
-  assert bad.stderr.strip().splitlines()[-1].startswith("error:") and "config.json is missing" in bad.stderr
+  assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: not a directory (expected a Hugging "
+                                             "Face model directory)"]
+
+
+def _broken_copy(tiny_hf_dir, dst) -> str:
+  shutil.copytree(tiny_hf_dir, dst)
+  return str(dst)
+
+
+def test_cli_reports_a_broken_checkpoint_in_one_line(tiny_hf_dir, tmp_path):
+  run = lambda base: subprocess.run([sys.executable, "-m", "convert.from_hf", f"--base={base}",
+                                     f"--out={tmp_path / 'out'}"], capture_output=True, text=True,
+                                    cwd=os.path.dirname(os.path.dirname(__file__)))
+  no_field = _broken_copy(tiny_hf_dir, tmp_path / "no_field")
+  with open(os.path.join(no_field, "config.json")) as f:
+    config = json.load(f)
+  del config["text_config"]["hidden_size"]
+  with open(os.path.join(no_field, "config.json"), "w") as f:
+    json.dump(config, f)
+  truncated = _broken_copy(tiny_hf_dir, tmp_path / "truncated")
+  weights = os.path.join(truncated, "model.safetensors")
+  os.truncate(weights, os.path.getsize(weights) - 100)
+  for base, message in ((no_field, f"error: {no_field}/config.json: required field text_config.hidden_size is "
+                                    "missing"),
+                        (truncated, f"error: {weights}: tensor ")):
+    result = run(base)
+    lines = [line for line in result.stderr.strip().splitlines() if "has no tokenizer files" not in line]
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_an_import_killed_midway_leaves_a_directory_that_is_refused(tiny_hf_dir, tiny_ckpt, tmp_path):
+  out = str(tmp_path / "ckpt")
+  shutil.copytree(tiny_ckpt, out)  # a complete model directory, overwritten by an import that dies
+  model_dir.resolve(out)
+  script = (
+      "import os, signal, sys\n"
+      "from convert import from_hf\n"
+      "from editreward_jax import model_dir\n"
+      "save = model_dir.save_params\n"
+      "def save_then_die(directory, params):\n"
+      "  save(directory, params)\n"
+      "  os.kill(os.getpid(), signal.SIGKILL)  # after the parameters, before tokenizer and metadata\n"
+      "model_dir.save_params = save_then_die\n"
+      "from_hf.import_hf(sys.argv[1], sys.argv[2])\n")
+  result = subprocess.run([sys.executable, "-c", script, tiny_hf_dir, out], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == -9, result.stderr
+  with pytest.raises(FileNotFoundError, match="incomplete model directory: params/ is there but editreward.json"):
+    model_dir.resolve(out)

@@ -138,7 +138,16 @@ def _rope(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
-  """Builds a ModelConfig from a Hugging Face Qwen2.5-VL config.json (nested or flat text fields)."""
+  """Builds a ModelConfig from a Hugging Face Qwen2.5-VL config.json (nested or flat text fields); a missing
+  required field is a ValueError naming it."""
+  try:
+    return _from_hf_dict(hf)
+  except KeyError as e:
+    where = "text_config." if hf.get("text_config") else ""
+    raise ValueError(f"required field {where}{e.args[0]} is missing") from None
+
+
+def _from_hf_dict(hf: dict[str, Any]) -> ModelConfig:
   model_type = hf.get("model_type", "qwen2_5_vl")
   if model_type not in ("qwen2_5_vl",):
     raise ValueError(f"config.json has model_type {model_type!r}; only 'qwen2_5_vl' is supported")

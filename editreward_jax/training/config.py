@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
 from typing import Any, Mapping
 
-from editreward_jax import pairs, row_checks
+from editreward_jax import pairs, paths, row_checks
 from editreward_jax.losses import LOSS_KINDS
 from editreward_jax.models.attention import IMPLEMENTATIONS
 from editreward_jax.models.positions import ROPE_MODES
@@ -69,11 +68,6 @@ def _increasing(section: str, name: str, values: tuple[int, ...], *, required: b
     _fail(section, name, f"must be {'a non-empty list of ' if required else ''}positive, strictly increasing "
           f"sizes, got {values}")
   return values
-
-
-def expand_path(path: str) -> str:
-  """`~` and environment variables expanded, once, where a path enters the program."""
-  return os.path.expandvars(os.path.expanduser(path)) if path else path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +248,7 @@ def _section(name: str, cls, values: Mapping[str, Any]):
     if hasattr(value, "to_dict"):
       value = value.to_dict()
     if (name, field) in _PATHS:
-      value = expand_path(value)
+      value = paths.expand(value)
     if (name, field) in _TUPLES:
       value = _increasing(name, field, tuple(value), required=field == "seq_buckets")
     if field in _ENUM_FIELDS:

@@ -305,8 +305,5 @@ def train_and_evaluate(raw_config: Mapping[str, Any], workdir: str, sources: Sou
 def _write_final_model(workdir: str, params: Any, setup: state_lib.ModelSetup, config: TrainConfig, tokenizer,
                        primary: bool) -> None:
   """WORKDIR/model: the final parameters as a plain model directory (what convert.to_torch and scoring read)."""
-  out = os.path.join(workdir, checkpoints.FINAL_MODEL_DIR)
-  model_dir.save_params(out, params)
-  if primary:
-    tokenizer.save_pretrained(os.path.join(out, model_dir.TOKENIZER_DIR))
-    model_dir.write_meta(out, setup.cfg, setup.head, setup.settings(config))
+  model_dir.save_model_dir(os.path.join(workdir, checkpoints.FINAL_MODEL_DIR), params, setup.cfg, setup.head,
+                           setup.settings(config), tokenizer, primary=primary)
