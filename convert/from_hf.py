@@ -230,7 +230,8 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
   settings = {"rope_mode": rope_mode, "fusion": fusion, "prompts": prompts.to_dict(), "min_pixels": min_pixels,
               "max_pixels": max_pixels, "source": os.path.abspath(base),
               "reward_weights": os.path.abspath(reward_weights) if reward_weights else None,
-              "heads": "released" if reward_weights else f"initialised (seed {seed})"}
+              "heads": "released" if reward_weights else f"initialised (seed {seed})",
+              "heads_trained": reward_weights is not None}
   model_dir.save_model_dir(out, {"backbone": backbone, "heads": heads}, cfg, HeadConfig(), settings, tokenizer)
   return out
 

@@ -180,25 +180,36 @@ class ScoringSource:
   """Rows `{"id", "instruction", "source_image": bytes, "edited_image": bytes}` of a scoring JSONL.
 
   `id` is a string or an integer, returned as given, and unique within the file. `requests` keeps the resolved
-  image paths and line of each row.
+  image paths and line of each row. A malformed row raises a DataError naming its line and field, or with
+  `skip_bad_rows` is left out and listed in `skipped` as {"line", "id", "error"}.
   """
 
-  def __init__(self, path: str | pathlib.Path):
+  def __init__(self, path: str | pathlib.Path, *, skip_bad_rows: bool = False):
     self.path = pathlib.Path(paths.expand(os.fspath(path)))
     self.requests: list[ScoringRequest] = []
+    self.skipped: list[dict] = []
     first_line: dict[str | int, int] = {}
     for line, row in iter_json_rows(self.path):
-      f = _Fields(self.path, line, row)
-      row_id = f.get("id")
-      if not isinstance(row_id, (str, int)) or isinstance(row_id, bool) or row_id == "":
-        raise f.error("id", f"expected a non-empty string or an integer, got {row_id!r}")
-      if row_id in first_line:
-        raise f.error("id", f"{row_id!r} already used on line {first_line[row_id]}")
-      first_line[row_id] = line
-      self.requests.append(ScoringRequest(line, row_id, f.text("instruction"), f.image("source_image"),
-                                          f.image("edited_image")))
-    if not self.requests:
+      try:
+        self.requests.append(self._request(line, row, first_line))
+      except DataError as e:
+        if not skip_bad_rows:
+          raise
+        self.skipped.append({"line": line, "id": row.get("id") if isinstance(row, dict) else None,
+                             "error": str(e)})
+    if not self.requests and not self.skipped:
       raise DataError(f"{self.path}: no rows")
+
+  def _request(self, line: int, row: object, first_line: dict[str | int, int]) -> ScoringRequest:
+    f = _Fields(self.path, line, row)
+    row_id = f.get("id")
+    if not isinstance(row_id, (str, int)) or isinstance(row_id, bool) or row_id == "":
+      raise f.error("id", f"expected a non-empty string or an integer, got {row_id!r}")
+    if row_id in first_line:
+      raise f.error("id", f"{row_id!r} already used on line {first_line[row_id]}")
+    request = ScoringRequest(line, row_id, f.text("instruction"), f.image("source_image"), f.image("edited_image"))
+    first_line[row_id] = line
+    return request
 
   def __len__(self) -> int:
     return len(self.requests)

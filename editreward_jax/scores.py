@@ -17,6 +17,7 @@ class Scores:
   mu: np.ndarray
   log_sigma: np.ndarray
   dims: dict[str, tuple[np.ndarray, np.ndarray]]
+  errors: dict[int, str] = dataclasses.field(default_factory=dict)  # skipped edits (bad_rows="skip"): index -> why
 
   def __len__(self) -> int:
     return len(self.mu)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ from configs.presets import TINY
 from editreward_jax import load_scorer, model_dir, processing
 from editreward_jax.prompts import load_prompts
 from editreward_jax.reward import HeadConfig, RewardModel
+from subprocess_run import run_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(70, 50), (112, 112), (40, 150), (90, 64)]
@@ -102,19 +105,76 @@ def test_cli_writes_one_row_per_edit(reward_dir, edits, tmp_path):
   np.testing.assert_allclose([w["mu"] for w in written], api.mu, atol=1e-6)
 
 
-def test_bad_image_names_file_line_and_field(reward_dir, edits, tmp_path):
+def test_bad_rows_raise_keeps_what_was_scored_and_skip_scores_around_them(reward_dir, edits, tmp_path):
   path, rows = edits
   (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  image = lambda name: str(path.parent / name)
   bad = tmp_path / "bad.jsonl"
-  bad_rows = [dict(rows[0], source_image=str(path.parent / "src0.png"), edited_image=str(path.parent / "edit0.png")),
-              dict(rows[1], id="x", source_image=str(path.parent / "src1.png"), edited_image="broken.png")]
-  bad.write_text("".join(json.dumps(r) + "\n" for r in bad_rows))
-  run = run_cli(f"--checkpoint={reward_dir}", f"--input={bad}", f"--output={tmp_path / 'o.jsonl'}")
-  assert run.returncode != 0
+  bad_rows = [dict(rows[0], source_image=image("src0.png"), edited_image=image("edit0.png")),
+              dict(rows[1], id="x", source_image=image("src1.png"), edited_image="broken.png"),
+              {"id": "no_instruction", "source_image": image("src1.png"), "edited_image": image("edit1.png")},
+              dict(rows[2], source_image=image("src2.png"), edited_image=image("edit2.png"))]
+  bad.write_text("".join(json.dumps(r) + "\n" for r in bad_rows[:2] + bad_rows[3:]))
+  out = tmp_path / "o.jsonl"
+  run = run_cli(f"--checkpoint={reward_dir}", f"--input={bad}", f"--output={out}", "--batch_size=1")
+  assert run.returncode == 1
   last = run.stderr.strip().splitlines()[-1]
-  assert last.startswith("error:") and "bad.jsonl line 2" in last and "edited_image" in last
+  assert last.startswith("error:") and "bad.jsonl line 2" in last and "edited_image" in last, last
+  assert f"the 1 rows scored before it are in {out}" in last
+  assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [rows[0]["id"]]
+
+  bad.write_text("".join(json.dumps(r) + "\n" for r in bad_rows))
+  run = run_cli(f"--checkpoint={reward_dir}", f"--input={bad}", f"--output={out}", "--batch_size=2",
+                "--bad_rows=skip")
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "skipped 2 bad rows" in run.stdout
+  written = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [w["id"] for w in written] == [rows[0]["id"], rows[2]["id"]]
+  skipped = [json.loads(line) for line in (tmp_path / "o.jsonl.errors.jsonl").read_text().splitlines()]
+  assert [(e["line"], e["id"]) for e in skipped] == [(2, "x"), (3, "no_instruction")]
+  assert "edited_image" in skipped[0]["error"] and "instruction" in skipped[1]["error"]
+  good = [bad_rows[0], bad_rows[3]]
+  api = load_scorer(reward_dir).score([r["instruction"] for r in good], [r["source_image"] for r in good],
+                                      [r["edited_image"] for r in good])
+  np.testing.assert_allclose([w["mu"] for w in written], api.mu, atol=1e-6)
+
+
+def test_no_edits_give_empty_scores_and_skipped_edits_score_nan(reward_dir, edits):
+  scorer = load_scorer(reward_dir)
+  empty = scorer.score([], [], [])
+  assert len(empty) == 0 and empty.dims["visual_quality"][0].shape == (0,)
+  instructions, sources, edited = _args(*edits)
+  scores = scorer.score(instructions[:2], sources[:2], [edited[0], b"not an image"], bad_rows="skip")
+  assert np.isfinite(scores.mu[0]) and np.isnan(scores.mu[1]) and list(scores.errors) == [1]
+  assert "edit 1" in scores.errors[1]
+
+
+def test_untrained_heads_warn(reward_dir, tmp_path, caplog):
+  fresh = str(tmp_path / "fresh")
+  shutil.copytree(reward_dir, fresh)
+  meta = model_dir.read_meta(fresh)
+  model_dir.write_meta(fresh, meta.model, meta.head, dict(meta.settings, heads_trained=False))
+  with caplog.at_level(logging.WARNING):
+    load_scorer(fresh)
+  assert any("reward heads were never trained" in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    load_scorer(reward_dir)
+  assert not any("never trained" in r.getMessage() for r in caplog.records)
 
 
 def test_not_a_model_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match="editreward.json"):
     load_scorer(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_scores_sharded_over_eight_devices_match_one_device(tmp_path):
+  report = run_report("multidevice_score.py", str(tmp_path), devices=8)
+  assert report["devices"] == 8 and report["scale"] > 0
+  f32, bf16 = report["float32"], report["bfloat16"]
+  assert f32["max_abs_diff"] <= 1e-5 and f32["dims_max_abs_diff"] <= 1e-5, report
+  layers, d, f = f32["gate_shape"]
+  assert f32["gate_shard_shape"] == [layers, d // 8, f]  # embed over fsdp=8: each device holds an eighth
+  assert bf16["param_dtype"] == "bfloat16" and bf16["gate_shard_shape"] == [layers, d // 8, f]
+  assert bf16["max_abs_diff"] < 0.1 * max(report["scale"], 1.0), report  # bf16 weights: close, not equal
