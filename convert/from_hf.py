@@ -10,6 +10,7 @@ memory-mapped tensors, so no host copy of the whole model is ever made.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -179,12 +180,43 @@ def load_heads(reader: CheckpointReader, abstract: dict) -> dict:
   return load_specs(reader, index, specs, abstract)["heads"]
 
 
+# Where a Hugging Face directory keeps its chat template, in the order a Qwen2.5-VL processor loaded from it takes
+# them (transformers 5.x: the legacy processor file chat_template.json, then chat_template.jinja, then a key of
+# processor_config.json); the tokenizer's own (tokenizer_config.json) last, for directories with none of those.
+CHAT_TEMPLATE_FILES = ("chat_template.json", "chat_template.jinja", "processor_config.json", "tokenizer_config.json")
+
+
+def find_chat_template(base: str) -> tuple[str, str]:
+  """(template text, file it came from) of the chat template the base directory provides; ValueError if none."""
+  for name in CHAT_TEMPLATE_FILES:
+    path = os.path.join(base, name)
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      if name.endswith(".jinja"):
+        return f.read(), name
+      try:
+        template = json.load(f).get("chat_template")
+      except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a JSON object ({e})") from None
+    if isinstance(template, list):  # several named templates: the default one renders chats
+      template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if isinstance(template, str) and template:
+      return template, name
+  raise ValueError(f"{base}: no chat template (looked for one in {', '.join(CHAT_TEMPLATE_FILES)}); the prompts "
+                   "are rendered with the base model's template")
+
+
 def tokenizer_with_reward(base: str):
-  """The base directory's tokenizer with `<|Reward|>` added, or None when the directory has none."""
+  """(the base directory's tokenizer with `<|Reward|>` added and the base's chat template, a record of which file
+  that template came from and its digest), or (None, None) when the directory has no tokenizer."""
   if not any(os.path.exists(os.path.join(base, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
     logging.warning("%s has no tokenizer files: the model directory will have no tokenizer", base)
-    return None
-  return processing.load_tokenizer(base)
+    return None, None
+  tokenizer = processing.load_tokenizer(base)
+  template, source = find_chat_template(base)
+  tokenizer.chat_template = template  # saved with the tokenizer (chat_template.jinja), which scoring then reads
+  return tokenizer, {"file": source, "sha256": hashlib.sha256(template.encode("utf-8")).hexdigest()}
 
 
 def reward_reader(path: str) -> CheckpointReader:
@@ -216,7 +248,7 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
     raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
   processing.check_pixel_bounds(min_pixels, max_pixels)
   prompts = load_prompts(prompts_file)
-  tokenizer = tokenizer_with_reward(base)
+  tokenizer, chat_template = tokenizer_with_reward(base)
   reader = reward_reader(reward_weights) if reward_weights else None
   cfg, backbone = load_backbone(base, param_dtype=param_dtype, mesh=mesh, reader=reader,
                                 vocab_size=None if tokenizer is None else len(tokenizer))
@@ -231,7 +263,7 @@ def import_hf(base: str, out: str, *, reward_weights: str | None = None, param_d
               "max_pixels": max_pixels, "source": os.path.abspath(base),
               "reward_weights": os.path.abspath(reward_weights) if reward_weights else None,
               "heads": "released" if reward_weights else f"initialised (seed {seed})",
-              "heads_trained": reward_weights is not None}
+              "heads_trained": reward_weights is not None, "chat_template": chat_template}
   model_dir.save_model_dir(out, {"backbone": backbone, "heads": heads}, cfg, HeadConfig(), settings, tokenizer)
   return out
 
