@@ -24,6 +24,7 @@ from absl import logging
 from data import parquet
 from data.local_builder import LocalBuilder
 from data.schema import DataError, encoded_image_feature, row_error
+from editreward_jax.evaluation.metrics import parse_ranking
 
 FOLDERS = ("2pair", "3pair", "4pair")
 COLUMNS = ("id", "instruction", "dataset", "source_image", "candidate_1", "candidate_2", "ranking", "comparison_type",
@@ -33,7 +34,6 @@ SCORE_COLUMNS = tuple(f"{name}_{side}" for name in ("score", "overall_score", "i
                                                      "visual_quality") for side in (1, 2))
 _TEXT_COLUMNS = ("id", "instruction", "dataset", "ranking", "model_1", "model_2")
 _COMPARISON = re.compile(r"^\s*([A-Z])\s*vs\s*([A-Z])\s*$")
-_RANKING = re.compile(r"^\s*([A-Z])\s*([<>=])\s*([A-Z])\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +87,13 @@ def _letters(row: BenchRow, group_size: int) -> tuple[str, str]:
 
 def _preference(row: BenchRow, letters: tuple[str, str]) -> int:
   """+1 when candidate_1 ranks higher, -1 when candidate_2 does, 0 for a tie."""
-  match = _RANKING.match(row.ranking)
-  if not match or {match[1], match[3]} != set(letters):
+  try:
+    first, second, label = parse_ranking(row.ranking)
+  except ValueError:
+    first = second = None
+  if {first, second} != set(letters):
     raise row.error("ranking", f"expected 'X>Y', 'X<Y' or 'X=Y' over the row's letters {letters}, got {row.ranking!r}")
-  if match[2] == "=":
-    return 0
-  first_wins = match[2] == ">"
-  return 1 if first_wins == (match[1] == letters[0]) else -1
+  return label if first == letters[0] else -label
 
 
 def _group_example(rows: list[BenchRow]) -> dict:
