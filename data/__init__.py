@@ -10,11 +10,11 @@
 import os
 
 from data.editreward_demo import DemoConfig, demo_config
-from data.readers import PairJsonSource, ScoringSource
+from data.readers import PairJsonSource, ScoringSource, read_pair_set, read_pointwise
 from data.schema import DataError
 from data.sources import BUILDERS, RowSource, build, open_source, open_splits, prepared_dir
 
 TINY_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_tokenizer")  # bundled, 1024 tokens
 
 __all__ = ["BUILDERS", "DataError", "DemoConfig", "PairJsonSource", "RowSource", "ScoringSource", "TINY_TOKENIZER",
-           "build", "demo_config", "open_source", "open_splits", "prepared_dir"]
+           "build", "demo_config", "open_source", "open_splits", "prepared_dir", "read_pair_set", "read_pointwise"]

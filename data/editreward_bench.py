@@ -183,21 +183,27 @@ class EditrewardBench(LocalBuilder):
                                  disable_shuffling=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = pathlib.Path(dl_manager.manual_dir)
-    folders = [root / name for name in FOLDERS if (root / name).is_dir()]
-    if not folders:
-      raise DataError(f"{root}: none of the folders {FOLDERS}")
-    return {"test": self._generate_examples(folders)}
+    return {"test": self._generate_examples(pathlib.Path(dl_manager.manual_dir))}
 
-  def _generate_examples(self, folders: list[pathlib.Path]) -> Iterator[tuple[int, dict]]:
-    # One folder at a time bounds memory; a group split across folders would show up as a duplicate key.
-    seen: set[str] = set()
-    for folder in folders:
-      files = parquet.find_files(folder, "*.parquet")
-      before = len(seen)
-      for key, example in group_rows(row for path in files for row in read_rows(path)):
-        if key in seen:
-          raise DataError(f"{folder}: group {key} also appears in another folder")
-        seen.add(key)
-        yield len(seen), example  # with shuffling off, TFDS writes examples in the order of these integer keys
-      logging.info("editreward_bench: %d groups from %s", len(seen) - before, folder)
+  def _generate_examples(self, root: pathlib.Path) -> Iterator[tuple[int, dict]]:
+    # With shuffling off, TFDS writes examples in the order of these integer keys.
+    yield from enumerate(iter_groups(root), 1)
+
+
+def iter_groups(root: str | pathlib.Path) -> Iterator[dict]:
+  """The K-way groups of an EditReward-Bench download (its 2pair/, 3pair/, 4pair/ folders of parquet files) in the
+  builder's example format. One folder at a time bounds memory; a group split across folders is an error."""
+  root = pathlib.Path(root)
+  folders = [root / name for name in FOLDERS if (root / name).is_dir()]
+  if not folders:
+    raise DataError(f"{root}: none of the folders {FOLDERS}")
+  seen: set[str] = set()
+  for folder in folders:
+    files = parquet.find_files(folder, "*.parquet")
+    before = len(seen)
+    for key, example in group_rows(row for path in files for row in read_rows(path)):
+      if key in seen:
+        raise DataError(f"{folder}: group {key} also appears in another folder")
+      seen.add(key)
+      yield example
+    logging.info("editreward_bench: %d groups from %s", len(seen) - before, folder)

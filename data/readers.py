@@ -222,3 +222,44 @@ class ScoringSource:
 
   def __repr__(self) -> str:
     return f"ScoringSource({self.path}, {len(self)} rows)"
+
+
+PREFERENCES = {"A": 1, "B": -1, "tie": 0}  # a pairwise benchmark's `preference` -> label
+
+
+def _rows(path: str | os.PathLike, read_row) -> list[dict]:
+  """Every row of a JSON/JSONL benchmark file through `read_row(fields)`, ids unique; errors name file, line, field."""
+  path = pathlib.Path(paths.expand(os.fspath(path)))
+  out, first_line = [], {}
+  for line, row in iter_json_rows(path):
+    f = _Fields(path, line, row)
+    item = {"line": line, "id": f.text("id"), **read_row(f)}
+    if item["id"] in first_line:
+      raise f.error("id", f"{item['id']!r} already used on line {first_line[item['id']]}")
+    first_line[item["id"]] = line
+    out.append(item)
+  if not out:
+    raise DataError(f"{path}: no rows")
+  return out
+
+
+def read_pair_set(path: str | os.PathLike) -> list[dict]:
+  """A pairwise benchmark (GenAI-Bench / AURORA style), JSON list or JSONL, rows {"id", "instruction",
+  "source_image", "image_a", "image_b", "preference": "A" | "B" | "tie"} (image paths absolute or relative to the
+  file): dicts with the paths resolved and `label` +1 / -1 / 0."""
+  def row(f: _Fields) -> dict:
+    preference = f.get("preference")
+    if preference not in PREFERENCES:
+      raise f.error("preference", f"expected one of {list(PREFERENCES)}, got {preference!r}")
+    return {"instruction": f.text("instruction"), "source_image": f.image("source_image"),
+            "image_a": f.image("image_a"), "image_b": f.image("image_b"), "label": PREFERENCES[preference]}
+  return _rows(path, row)
+
+
+def read_pointwise(path: str | os.PathLike) -> list[dict]:
+  """A pointwise benchmark (ImagenHub style), JSON list or JSONL, rows {"id", "instruction", "source_image",
+  "edited_image", "model" (the editing model), "human_score"}: dicts with the image paths resolved."""
+  def row(f: _Fields) -> dict:
+    return {"instruction": f.text("instruction"), "source_image": f.image("source_image"),
+            "edited_image": f.image("edited_image"), "model": f.text("model"), "human_score": f.number("human_score")}
+  return _rows(path, row)

@@ -10,21 +10,15 @@ import sys
 import jax
 import numpy as np
 import PIL.Image
-from flax import nnx
 
-from editreward_jax import load_scorer, model_dir, processing, sharding
-from editreward_jax.models.presets import TINY
-from editreward_jax.reward import HeadConfig, RewardModel
+from editreward_jax import load_scorer, sharding
+from tiny_reward import make_reward_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(folder: str) -> None:
-  model = RewardModel(TINY, rngs=nnx.Rngs(0))
-  tokenizer = processing.load_tokenizer(os.path.join(REPO, "data", "tiny_tokenizer"))
-  settings = {"rope_mode": "sequential", "fusion": "mean", "min_pixels": 56 * 56, "max_pixels": 112 * 112}
-  ckpt = model_dir.save_model_dir(os.path.join(folder, "ckpt"), nnx.to_pure_dict(nnx.state(model, nnx.Param)), TINY,
-                                  HeadConfig(), settings, tokenizer)
+  ckpt = make_reward_dir(os.path.join(folder, "ckpt"))
   rng = np.random.default_rng(0)
   image = lambda w, h: PIL.Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
   sizes = [(70, 50), (112, 112), (40, 150), (90, 64), (56, 56)]

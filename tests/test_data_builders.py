@@ -152,15 +152,15 @@ SHARED = "66f0c1d2e3f4a5b6c7d8e9f0"
 NEAR = "66f0c1d2e3f4a5b6c7d8e9f1"
 
 
-def make_group(dataset: str, group_id: str, k: int, seed: int,
-               rankings: dict[tuple[str, str], tuple[str, int]]) -> tuple[list[dict], dict]:
+def make_group(dataset: str, group_id: str, k: int, seed: int, rankings: dict[tuple[str, str], tuple[str, int]],
+               size: tuple[int, int] = (30, 20)) -> tuple[list[dict], dict]:
   """Pair rows of one K-way group and the group the builder should make of them. `rankings` maps each row (X, Y),
   read 'XvsY' and in row order, to its ranking and the expected preference (+1: X ranks higher, -1: Y, 0: tie)."""
   letters = "ABCD"[:k]
-  images = {letter: encoded(["RGB", "L", "RGBA", "RGB"][j], ["PNG", "JPEG", "PNG", "JPEG"][j], seed + j)
+  images = {letter: encoded(["RGB", "L", "RGBA", "RGB"][j], ["PNG", "JPEG", "PNG", "JPEG"][j], seed + j, size)
             for j, letter in enumerate(letters)}
   models = {letter: f"model-{letter}-{seed}" for letter in letters}
-  source = encoded("RGB", "JPEG", seed + 9)
+  source = encoded("RGB", "JPEG", seed + 9, size)
   instruction = f"replace the cat with a dog ({dataset}, {seed})"
   rows, pairs = [], []
   for n, ((x, y), (rank, preference)) in enumerate(rankings.items()):

@@ -9,12 +9,9 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
-from flax import nnx
 
 import data
-from configs.presets import TINY
-from editreward_jax import model_dir, processing
-from editreward_jax.reward import HeadConfig, RewardModel
+from tiny_reward import make_reward_dir
 
 pytest.importorskip("torch")  # the import and export snippets need PyTorch stand-ins
 from convert import to_torch
@@ -29,10 +26,7 @@ with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_hf_dir):
   root = tmp_path_factory.mktemp("readme")
-  settings = {"rope_mode": "sequential", "fusion": "mean", "min_pixels": 56 * 56, "max_pixels": 112 * 112}
-  params = nnx.to_pure_dict(nnx.state(RewardModel(TINY, rngs=nnx.Rngs(0)), nnx.Param))
-  ckpt = model_dir.save_model_dir(str(root / "ckpt" / "editreward-mimo"), params, TINY, HeadConfig(), settings,
-                                  processing.load_tokenizer(data.TINY_TOKENIZER))
+  ckpt = make_reward_dir(root / "ckpt" / "editreward-mimo")
   to_torch.export_torch(ckpt, str(root / "export" / "editreward-mimo"))
   shutil.copytree(tiny_hf_dir, root / "Qwen2.5-VL-7B-Instruct")  # a tiny transformers Qwen2.5-VL directory
   rng = np.random.default_rng(0)
