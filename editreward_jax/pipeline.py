@@ -93,8 +93,8 @@ class PipelineConfig:
   tie_policy: str = "duplicate"                             # pairs.TIE_POLICIES
   tie_weight: float = 1.0                                   # pair_weight of each pair made from a tie
   bad_rows: str = "raise"                                   # row_checks.BAD_ROW_POLICIES
-  max_image_pixels: int = 1 << 25                           # larger images (33.5 MP, 100 MB as RGB) are bad rows
-  min_image_side: int = 28                                  # images with a shorter side are bad rows
+  max_image_pixels: int = row_checks.MAX_IMAGE_PIXELS       # larger images are bad rows (judged from the header)
+  min_image_side: int = row_checks.MIN_IMAGE_SIDE           # images with a shorter side are bad rows
   min_pixels: int = DEFAULT_PIXELS                          # smart_resize bounds
   max_pixels: int = DEFAULT_PIXELS
   workers: int = 0                                          # worker processes; 0 = in this process
@@ -416,6 +416,12 @@ class PairBatchIterator(grain.DatasetIterator):
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["pipeline"])
     self._skipped = np.array([state["skipped"].get(r, 0) for r in row_checks.SKIP_REASONS], np.int64)
+
+  def close(self) -> None:
+    super().close()
+    # Grain's thread-prefetch iterator closes again when it is collected, which at interpreter exit fails
+    # ("Exception ignored in DatasetIterator.__del__"): drop the closed chain now, while its modules still exist.
+    self._parents = ()
 
 
 # ----------------------------------------------------------------------------------------------------------------

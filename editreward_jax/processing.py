@@ -131,20 +131,38 @@ def process_image(image: PIL.Image.Image, *, min_pixels: int = DEFAULT_PIXELS, m
   return ProcessedImage(np.ascontiguousarray(x.reshape(gh * gw, -1)), np.array([1, gh, gw], np.int64))
 
 
-def add_reward_token(tokenizer) -> int:
-  """Adds `<|Reward|>` as a special token (id = the tokenizer's length before) and returns its id; idempotent."""
+def add_reward_token(tokenizer, source: str = "the tokenizer") -> int:
+  """Adds `<|Reward|>` as a special token and returns its id: the base tokenizer's length, which is where the
+  reference's resized embedding has its row. A tokenizer that has it already is accepted when it is that last
+  token, and refused otherwise (its row would not be the trained one)."""
   vocab = tokenizer.get_vocab()
-  if REWARD_TOKEN not in vocab:
-    tokenizer.add_special_tokens({"extra_special_tokens": [REWARD_TOKEN]}, replace_extra_special_tokens=False)
-    vocab = tokenizer.get_vocab()
-  return vocab[REWARD_TOKEN]
+  if REWARD_TOKEN in vocab:
+    if vocab[REWARD_TOKEN] != len(tokenizer) - 1:
+      raise ValueError(f"{source}: {REWARD_TOKEN} already has id {vocab[REWARD_TOKEN]}, but reward models read it at "
+                       f"the base tokenizer's length {len(tokenizer) - 1} (it must be the last token)")
+    return vocab[REWARD_TOKEN]
+  base = len(tokenizer)
+  tokenizer.add_special_tokens({"extra_special_tokens": [REWARD_TOKEN]}, replace_extra_special_tokens=False)
+  reward_id = tokenizer.get_vocab()[REWARD_TOKEN]
+  if reward_id != base:
+    raise ValueError(f"{source}: {REWARD_TOKEN} was given id {reward_id}, not the tokenizer's length {base} (gaps in "
+                     "its added-token ids?)")
+  return reward_id
 
 
 def load_tokenizer(path: str | os.PathLike):
-  """A local Hugging Face tokenizer directory (never downloads), with `<|Reward|>` added."""
+  """A local Hugging Face tokenizer directory (never downloads), with `<|Reward|>` added (see `add_reward_token`).
+
+  Qwen2 tokenizers add no BOS (nor any special token) around text, and the prompts rely on that: the chat template
+  writes every special token itself. That is checked here rather than assumed.
+  """
   from transformers import AutoTokenizer  # deferred: heavy, and only needed where a tokenizer is built
   tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
-  add_reward_token(tokenizer)
+  plain, special = (tokenizer("a", add_special_tokens=flag)["input_ids"] for flag in (False, True))
+  if plain != special:
+    raise ValueError(f"{os.fspath(path)}: the tokenizer adds special tokens around text ({special} for {plain}), "
+                     "e.g. a BOS; Qwen2 tokenizers add none and the chat template writes them all")
+  add_reward_token(tokenizer, os.fspath(path))
   return tokenizer
 
 
@@ -180,7 +198,7 @@ class Processor:
                            temporal_patch_size=self.temporal_patch_size)
     except ImageError:
       raise
-    except ValueError as e:
+    except (ValueError, OSError, SyntaxError) as e:  # PIL: truncated data, also of an image opened lazily earlier
       raise ImageError(f"{field}: {e}") from e
 
   def num_image_tokens(self, grid_thw: np.ndarray) -> int:

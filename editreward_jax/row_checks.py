@@ -22,6 +22,8 @@ from editreward_jax.processing import MAX_ASPECT_RATIO
 from editreward_jax.schema import IMAGE_COLUMNS, SCORE_COLUMNS, row_error
 
 BAD_ROW_POLICIES = ("raise", "skip")
+MAX_IMAGE_PIXELS = 1 << 25  # larger images (33.5 MP, 100 MB as RGB) are refused from their header, before decoding
+MIN_IMAGE_SIDE = 28         # a shorter side cannot make one 2x2 block of 14-pixel patches
 SKIP_REASONS = (
     "unreadable",         # the source could not read the row
     "missing_field",      # a field is absent, empty or of the wrong type

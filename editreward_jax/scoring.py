@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from editreward_jax import batching, model_dir, processing, sharding
+from editreward_jax import batching, model_dir, processing, row_checks, sharding
 from editreward_jax.models import positions
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
-from editreward_jax.prompts import DIMENSIONS, Prompts, load_prompts
+from editreward_jax.prompts import DIMENSIONS, PromptError, Prompts, load_prompts
 from editreward_jax.reward import FUSIONS, RewardModel, fuse
 from editreward_jax.scores import Scores  # re-exported: scoring.Scores
 
 BAD_ROWS = ("raise", "skip")
+DEFAULT_MAX_SEQ_LEN = 4096  # tokens per prompt; the reference's are about 850 (two 448x448 images and the rubric)
 
 
 @nnx.jit
@@ -38,7 +39,8 @@ def _forward(model: RewardModel, arrays: dict[str, Any]) -> jax.Array:
 class Scorer:
 
   def __init__(self, model: RewardModel, processor: processing.Processor, *, rope_mode: str, fusion: str,
-               batch_size: int = 8, dedup: bool = True, mesh=None):
+               batch_size: int = 8, dedup: bool = True, mesh=None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+               max_image_pixels: int = row_checks.MAX_IMAGE_PIXELS, min_image_side: int = row_checks.MIN_IMAGE_SIDE):
     if rope_mode not in positions.ROPE_MODES:
       raise ValueError(f"unknown rope mode {rope_mode!r}; choose one of {positions.ROPE_MODES}")
     if fusion not in FUSIONS:
@@ -48,6 +50,7 @@ class Scorer:
     self.model, self.processor = model, processor
     self.rope_mode, self.fusion, self.batch_size, self.dedup = rope_mode, fusion, batch_size, dedup
     self.mesh = mesh  # parameters sharded over it (load_scorer); activations follow the sharding table
+    self.max_seq_len, self.max_image_pixels, self.min_image_side = max_seq_len, max_image_pixels, min_image_side
     self.pad_id = processor.tokenizer.pad_token_id or 0
 
   def collate(self, examples: Sequence[processing.ProcessedExample], batch_size: int) -> dict[str, Any]:
@@ -64,13 +67,31 @@ class Scorer:
     examples, kept, errors = [], [], []
     for k, i, s, e, w in zip(indices, instructions, sources, edits, where):
       try:
-        examples.append(self.processor(i, s, e, where=w))
+        examples.append(self._example(i, s, e, w))
         kept.append(k)
       except ValueError as error:  # ImageError, PromptError: the message names the row and field
         if not skip:
           raise
         errors.append((k, str(error)))
     return (self.collate(examples, batch_size) if examples else None), kept, errors
+
+  def _example(self, instruction, source, edited, where: str) -> processing.ProcessedExample:
+    """One edit through the training pipeline's guards: each image's size judged from its header before it is
+    decoded (a decompression bomb never is), and every prompt at most max_seq_len tokens."""
+    for column, image in (("source_image", source), ("edited_image", edited)):
+      row = {column: image}
+      if isinstance(image, (str, os.PathLike)):
+        row[f"{column}_path"] = os.fspath(image)  # named in the message
+      try:
+        row_checks.check_image_header(row, column, self.max_image_pixels, self.min_image_side)
+      except row_checks.BadRow as bad:
+        raise processing.ImageError(f"{where}: {bad.field}: {bad.problem}") from None
+    example = self.processor(instruction, source, edited, where=where)
+    for dimension, ids in example.prompts.items():
+      if len(ids) > self.max_seq_len:
+        raise PromptError(f"{where}: the {dimension} prompt is {len(ids)} tokens, more than max_seq_len="
+                          f"{self.max_seq_len} (a long instruction, or images above the model's max_pixels)")
+    return example
 
   def score_batches(self, instructions: Sequence[str], source_images: Sequence[Any], edited_images: Sequence[Any],
                     *, batch_size: int | None = None, where: Sequence[str] | None = None, bad_rows: str = "raise",
@@ -131,7 +152,8 @@ class Scorer:
 
 def load_scorer(checkpoint: str, *, prompts: str | Prompts | None = None, rope_mode: str | None = None,
                 fusion: str | None = None, options: RuntimeOptions | None = None, batch_size: int = 8,
-                dedup: bool = True, param_dtype: str | None = None, mesh=None) -> Scorer:
+                dedup: bool = True, param_dtype: str | None = None, mesh=None,
+                max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> Scorer:
   """A Scorer for a CKPT (model directory, training workdir or step); `prompts` / `rope_mode` / `fusion` override
   what the checkpoint records. `param_dtype` (e.g. "bfloat16": half the memory) overrides `options.param_dtype`;
   with `mesh` (e.g. `sharding.make_mesh(fsdp=-1)`: every local device) the parameters are sharded over it."""
@@ -153,4 +175,5 @@ def load_scorer(checkpoint: str, *, prompts: str | Prompts | None = None, rope_m
                                    merge_size=meta.model.vision.spatial_merge_size,
                                    temporal_patch_size=meta.model.vision.temporal_patch_size, **meta.pixels())
   return Scorer(model, processor, rope_mode=rope_mode or meta.settings.get("rope_mode", "sequential"),
-                fusion=fusion or meta.settings.get("fusion", "mean"), batch_size=batch_size, dedup=dedup, mesh=mesh)
+                fusion=fusion or meta.settings.get("fusion", "mean"), batch_size=batch_size, dedup=dedup, mesh=mesh,
+                max_seq_len=max_seq_len)

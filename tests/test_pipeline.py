@@ -6,6 +6,8 @@ import collections
 import dataclasses
 import json
 import pathlib
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -211,3 +213,21 @@ def test_one_worker_process_gives_the_in_process_batches_and_restores(demo_sourc
   finally:
     restored.close()
   assert_same_batches(got, want)
+
+
+def test_a_closed_iterator_leaves_nothing_at_interpreter_exit(tmp_path):
+  script = (
+      "import sys, data\n"
+      "from configs.presets import TINY\n"
+      "from editreward_jax import pipeline, processing, prompts\n"
+      "data.build('editreward_demo', sys.argv[1], config=data.demo_config(num_train_pairs=8, num_test_pairs=2))\n"
+      "source = data.open_source('editreward_demo', 'train', sys.argv[1])\n"
+      "config = pipeline.PipelineConfig(batch_pairs=2, seq_buckets=(512,), min_pixels=112 * 112, max_pixels=112 * 112)\n"
+      "it = iter(pipeline.pair_dataset(source, processing.load_tokenizer(data.TINY_TOKENIZER), prompts.load_prompts(),"
+      " TINY, config))\n"
+      "next(it)\n"
+      "it.close()\n")
+  run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "tfds")], capture_output=True, text=True,
+                       cwd=ROOT)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]

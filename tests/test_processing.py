@@ -8,6 +8,7 @@ import io
 import json
 import pathlib
 import pickle
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -198,3 +199,30 @@ def test_add_reward_token_appends_once():
   assert processing.add_reward_token(tok) == n
   assert processing.add_reward_token(tok) == n and len(tok) == n + 1
   assert tok.encode("a<|Reward|>b", add_special_tokens=False)[1] == n
+
+
+def test_a_tokenizer_that_has_the_reward_token_is_accepted_only_at_the_base_length(tmp_path):
+  saved = tmp_path / "with_reward"
+  processing.load_tokenizer(TOKENIZER_DIR).save_pretrained(saved)  # <|Reward|> last, at id 1023
+  assert processing.load_tokenizer(saved).get_vocab()["<|Reward|>"] == 1023
+  shifted = AutoTokenizer.from_pretrained(saved, local_files_only=True)
+  shifted.add_special_tokens({"extra_special_tokens": ["<|later|>"]}, replace_extra_special_tokens=False)
+  shifted.save_pretrained(tmp_path / "shifted")  # <|Reward|> no longer the last token
+  with pytest.raises(ValueError, match=r"shifted: <\|Reward\|> already has id 1023, but reward models read it at "
+                                       r"the base tokenizer's length 1024"):
+    processing.load_tokenizer(tmp_path / "shifted")
+
+
+def test_a_tokenizer_that_adds_a_bos_is_refused(tmp_path):
+  bos = tmp_path / "bos"
+  shutil.copytree(TOKENIZER_DIR, bos)
+  spec = json.loads((bos / "tokenizer.json").read_text(encoding="utf-8"))
+  eot = next(t["id"] for t in spec["added_tokens"] if t["content"] == "<|endoftext|>")
+  first = {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}
+  spec["post_processor"] = {
+      "type": "TemplateProcessing", "single": [first, {"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [first, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+      "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [eot], "tokens": ["<|endoftext|>"]}}}
+  (bos / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+  with pytest.raises(ValueError, match="the tokenizer adds special tokens around text"):
+    processing.load_tokenizer(bos)

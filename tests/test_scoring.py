@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import html.parser
+import io
 import json
 import logging
 import os
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import time
+import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
-from flax import nnx
 
-from configs.presets import TINY
 from editreward_jax import load_scorer, model_dir, processing
-from editreward_jax.prompts import load_prompts
-from editreward_jax.reward import HeadConfig, RewardModel
+from editreward_jax.prompts import PromptError, load_prompts
 from subprocess_run import run_report
+from tiny_reward import make_reward_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(70, 50), (112, 112), (40, 150), (90, 64)]
@@ -26,12 +31,7 @@ SIZES = [(70, 50), (112, 112), (40, 150), (90, 64)]
 
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("reward_tiny"))
-  model = RewardModel(TINY, rngs=nnx.Rngs(0))
-  tokenizer = processing.load_tokenizer(os.path.join(REPO, "data", "tiny_tokenizer"))
-  settings = {"rope_mode": "sequential", "fusion": "mean", "min_pixels": 56 * 56, "max_pixels": 112 * 112}
-  return model_dir.save_model_dir(out, nnx.to_pure_dict(nnx.state(model, nnx.Param)), TINY, HeadConfig(), settings,
-                                    tokenizer)
+  return make_reward_dir(tmp_path_factory.mktemp("reward_tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,91 @@ def test_scores_sharded_over_eight_devices_match_one_device(tmp_path):
   assert f32["gate_shard_shape"] == [layers, d // 8, f]  # embed over fsdp=8: each device holds an eighth
   assert bf16["param_dtype"] == "bfloat16" and bf16["gate_shard_shape"] == [layers, d // 8, f]
   assert bf16["max_abs_diff"] < 0.1 * max(report["scale"], 1.0), report  # bf16 weights: close, not equal
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+  """A PNG whose header claims width x height pixels, with no pixel data: only its header can be read."""
+  def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) +
+          chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_scoring_applies_the_pipeline_image_guards_and_a_length_limit(reward_dir, edits, tmp_path):
+  scorer = load_scorer(reward_dir)
+  instructions, sources, edited = _args(*edits)
+  small = io.BytesIO()
+  PIL.Image.new("RGB", (20, 40)).save(small, format="PNG")
+  whole = open(edited[0], "rb").read()
+  (tmp_path / "truncated.png").write_bytes(whole[:len(whole) // 2])
+  lazy = PIL.Image.open(tmp_path / "truncated.png")  # decoded only when used
+  for bad, message in ((_png_claiming(7000, 6000), r"edit 0: edited_image: image is 7000x6000 pixels, "
+                                                         r"more than max_image_pixels=33554432"),
+                       (small.getvalue(), r"edit 0: edited_image: image is 20x40 pixels, a side below "
+                                          r"min_image_side=28"),
+                       (whole[:len(whole) // 2], r"edit 0: edited_image: "),
+                       (lazy, r"edit 0: edited_image: ")):
+    with pytest.raises(processing.ImageError, match=message):
+      scorer.score(instructions[:1], sources[:1], [bad])
+  with pytest.raises(PromptError, match=r"edit 0: the instruction_following prompt is \d+ tokens, more than "
+                                        r"max_seq_len=128"):
+    load_scorer(reward_dir, max_seq_len=128).score(["make it red " * 40], sources[:1], edited[:1])
+
+
+class _Page(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.images, self.rows = [], []
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "img":
+      self.images.append(attrs["src"])
+    if tag == "tr" and "class" in attrs:
+      self.rows.append(attrs["class"])
+
+
+def test_top_k_and_report(reward_dir, edits, tmp_path):
+  path, rows = edits
+  out = tmp_path / "scores.jsonl"
+  report = tmp_path / "report.html"
+  run = run_cli(f"--checkpoint={reward_dir}", f"--input={path}", f"--output={out}", "--top_k=2", f"--report={report}")
+  assert run.returncode == 0, run.stderr[-2000:]
+  scored = [json.loads(line) for line in out.read_text().splitlines()]
+  best = [s["id"] for s in sorted(scored, key=lambda s: -s["mu"])[:2]]
+  assert (tmp_path / "scores.jsonl.top_ids.txt").read_text().split() == best
+  curated = [json.loads(line) for line in (tmp_path / "scores.jsonl.curated.jsonl").read_text().splitlines()]
+  assert [c["id"] for c in curated] == [r["id"] for r in rows if r["id"] in best]  # input order
+  assert all(os.path.isfile(c["source_image"]) and os.path.isabs(c["edited_image"]) for c in curated)
+  page = _Page()
+  page.feed(report.read_text())
+  assert len(page.images) == 2 * len(rows) and all(src.startswith("data:image/jpeg;base64,") for src in page.images)
+  for src in page.images:  # every embedded thumbnail decodes
+    PIL.Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+  assert sorted(page.rows) == sorted(["kept"] * 2 + ["dropped"] * (len(rows) - 2))
+  assert page.rows[:2] == ["kept", "kept"]  # sorted best first
+
+
+@pytest.mark.slow
+def test_scoring_killed_midway_resumes_to_the_uninterrupted_output(reward_dir, edits, tmp_path):
+  path, rows = edits
+  args = [f"--checkpoint={reward_dir}", f"--input={path}", "--batch_size=1"]
+  whole = tmp_path / "whole.jsonl"
+  assert run_cli(*args, f"--output={whole}").returncode == 0
+  out = tmp_path / "killed.jsonl"
+  proc = subprocess.Popen([sys.executable, "-m", "launch.score", *args, f"--output={out}"], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  written = out.read_text().count("\n")
+  assert 2 <= written < len(rows), f"the kill came after {written} of {len(rows)} rows"
+  again = run_cli(*args, f"--output={out}")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"resuming {out}: {written} rows scored before" in again.stdout
+  got, want = ([json.loads(line) for line in p.read_text().splitlines()] for p in (out, whole))
+  assert [g["id"] for g in got] == [w["id"] for w in want]  # every id once, in input order
+  np.testing.assert_allclose([g["mu"] for g in got], [w["mu"] for w in want], atol=1e-5)
+  assert "resuming" not in run_cli(*args, f"--output={tmp_path / 'fresh.jsonl'}").stdout
