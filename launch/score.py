@@ -46,6 +46,10 @@ flags.DEFINE_integer("top_k", 0, "Curation: also write the K best ids (OUTPUT.to
                      "input rows (OUTPUT.curated.jsonl, in input order).", lower_bound=0)
 flags.DEFINE_string("report", None, "Write an HTML page of every scored edit (thumbnails embedded, sorted, the top_k "
                     "kept ones marked, a score histogram).")
+flags.DEFINE_integer("num_shards", 1, "Split the input into this many contiguous shards (one per process or host).",
+                     lower_bound=1)
+flags.DEFINE_integer("shard_index", 0, "Which shard this run scores (0-based); shard outputs concatenated in shard "
+                     "order equal one run's output.", lower_bound=0)
 VERBOSE = cli.verbose_flag()
 FLAGS = flags.FLAGS
 ERRORS_SUFFIX = ".errors.jsonl"  # beside the output: the rows skipped with --bad_rows=skip, and why
@@ -55,24 +59,30 @@ PROGRESS_SUFFIX = ".progress.json"  # beside the output: the arguments it was sc
 
 def run(checkpoint: str, input_path: str, output_path: str, *, prompts: str | None = None,
         rope_mode: str | None = None, fusion: str | None = None, batch_size: int = 8, dtype: str = "float32",
-        attention_impl: str = "xla", bad_rows: str = "raise", max_seq_len: int = DEFAULT_MAX_SEQ_LEN
-        ) -> tuple[int, int]:
+        attention_impl: str = "xla", bad_rows: str = "raise", max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+        num_shards: int = 1, shard_index: int = 0) -> tuple[int, int]:
   """Scores every row of `input_path` into `output_path`, batch by batch, in input order; returns (rows scored,
   rows skipped). With bad_rows="skip" a bad row (malformed, or an image or prompt that fails) is listed with its
   reason in OUTPUT.errors.jsonl and the others are scored.
 
   Resumable: OUTPUT.progress.json records the arguments; run again with the same ones after a kill, and scoring
   continues after the last complete row written (each id exactly once, still in input order). Other arguments start
-  over."""
+  over. With `num_shards`, only the `shard_index`-th contiguous part of the input rows is scored: the shards'
+  outputs (and errors files) concatenated in shard order are one run's."""
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index {shard_index} is not in [0, num_shards={num_shards})")
   output_path = paths.expand(output_path)
   progress_path, errors_path = output_path + PROGRESS_SUFFIX, output_path + ERRORS_SUFFIX
   arguments = {"checkpoint": os.path.abspath(paths.expand(checkpoint)),
                "input": os.path.abspath(paths.expand(input_path)), "prompts": prompts, "rope_mode": rope_mode,
-               "fusion": fusion, "dtype": dtype, "bad_rows": bad_rows, "max_seq_len": max_seq_len}
+               "fusion": fusion, "dtype": dtype, "bad_rows": bad_rows, "max_seq_len": max_seq_len,
+               "shard": [shard_index, num_shards]}
   source = ScoringSource(input_path, skip_bad_rows=bad_rows == "skip")
+  lines = sorted([r.line for r in source.requests] + [row["line"] for row in source.skipped])
+  mine = set(lines[len(lines) * shard_index // num_shards:len(lines) * (shard_index + 1) // num_shards])
   done, skipped = _resume(output_path, errors_path, progress_path, arguments)
-  skipped.update({row["line"]: row for row in source.skipped})
-  reqs = [r for r in source.requests if r.id not in done and r.line not in skipped]
+  skipped.update({row["line"]: row for row in source.skipped if row["line"] in mine})
+  reqs = [r for r in source.requests if r.line in mine and r.id not in done and r.line not in skipped]
   if done or skipped:
     print(f"resuming {output_path}: {len(done)} rows scored before, {len(reqs)} to go", flush=True)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
@@ -173,7 +183,8 @@ def main(argv: Sequence[str]) -> None:
   with cli.one_line_errors():
     n, skipped = run(FLAGS.checkpoint, FLAGS.input, FLAGS.output, prompts=FLAGS.prompts, rope_mode=FLAGS.rope_mode,
                      fusion=FLAGS.fusion, batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
-                     attention_impl=FLAGS.attention_impl, bad_rows=FLAGS.bad_rows, max_seq_len=FLAGS.max_seq_len)
+                     attention_impl=FLAGS.attention_impl, bad_rows=FLAGS.bad_rows, max_seq_len=FLAGS.max_seq_len,
+                     num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index)
     if FLAGS.top_k or FLAGS.report:
       curate(FLAGS.input, FLAGS.output, FLAGS.top_k, FLAGS.report)
   note = f"; skipped {skipped} bad rows, listed in {FLAGS.output}{ERRORS_SUFFIX}" if skipped else ""

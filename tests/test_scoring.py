@@ -266,3 +266,17 @@ def test_scoring_killed_midway_resumes_to_the_uninterrupted_output(reward_dir, e
   assert [g["id"] for g in got] == [w["id"] for w in want]  # every id once, in input order
   np.testing.assert_allclose([g["mu"] for g in got], [w["mu"] for w in want], atol=1e-5)
   assert "resuming" not in run_cli(*args, f"--output={tmp_path / 'fresh.jsonl'}").stdout
+
+
+def test_two_shards_concatenated_equal_one_run(reward_dir, edits, tmp_path):
+  path, _ = edits
+  args = [f"--checkpoint={reward_dir}", f"--input={path}", "--batch_size=2"]
+  assert run_cli(*args, f"--output={tmp_path / 'one.jsonl'}").returncode == 0
+  shards = [subprocess.Popen([sys.executable, "-m", "launch.score", *args, "--num_shards=2", f"--shard_index={i}",
+                              f"--output={tmp_path / f'shard{i}.jsonl'}"], cwd=REPO, stderr=subprocess.PIPE)
+            for i in range(2)]
+  assert all(p.wait() == 0 for p in shards), [p.stderr.read()[-1000:] for p in shards]
+  one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+  merged = [json.loads(line) for i in range(2) for line in (tmp_path / f"shard{i}.jsonl").read_text().splitlines()]
+  assert [m["id"] for m in merged] == [o["id"] for o in one] and len((tmp_path / "shard0.jsonl").read_text()) > 0
+  np.testing.assert_allclose([m["mu"] for m in merged], [o["mu"] for o in one], atol=1e-5)
