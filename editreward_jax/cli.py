@@ -58,6 +58,14 @@ def one_line_errors(*also: type[BaseException]):
     sys.exit(f"error: {describe(e)}")
 
 
+def duration(seconds: float) -> str:
+  """12m05s, or 1h02m05s: the ETA of progress lines."""
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
 def verbose_flag() -> flags.FlagHolder:
   """--verbose, listed in the calling command's own --help (absl lists the flags of the module named by argv[0])."""
   caller = sys._getframe(1).f_globals["__name__"]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from editreward_jax import batching, model_dir, processing, row_checks, sharding
+from editreward_jax import batching, cli, model_dir, processing, row_checks, sharding
 from editreward_jax.models import positions
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.prompts import DIMENSIONS, PromptError, Prompts, load_prompts
@@ -126,7 +126,8 @@ class Scorer:
             batching.edit_outputs(np.asarray(out)[:2 * len(kept)])
         done += len(kept) + len(errors)
         if progress:
-          print(f"scored {done}/{n} edits ({done / (time.time() - t0):.1f} edits/s)", flush=True)
+          rate = done / (time.time() - t0)
+          print(f"scored {done}/{n} edits ({rate:.1f} edits/s, ETA {cli.duration((n - done) / rate)})", flush=True)
         yield kept, self._scores(per_dim), errors
 
   def score(self, instructions: Sequence[str], source_images: Sequence[Any], edited_images: Sequence[Any], *,

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import struct
@@ -98,6 +99,7 @@ def test_cli_writes_one_row_per_edit(reward_dir, edits, tmp_path):
   out = tmp_path / "scores.jsonl"
   run = run_cli(f"--checkpoint={reward_dir}", f"--input={path}", f"--output={out}", "--batch_size=2")
   assert run.returncode == 0, run.stderr[-2000:]
+  assert re.search(r"^scored 2/5 edits \([\d.]+ edits/s, ETA \d+m\d\ds\)$", run.stdout, re.M), run.stdout
   written = [json.loads(line) for line in out.read_text().splitlines()]
   assert [w["id"] for w in written] == [r["id"] for r in rows]
   assert set(written[0]) == {"id", "mu", "log_sigma", "instruction_following", "visual_quality"}

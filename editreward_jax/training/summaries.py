@@ -14,14 +14,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from editreward_jax import cli
+
 _MEAN = ("loss", "accuracy", "sigma", "grad_norm", "lr")
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 class ProgressLog:
@@ -69,7 +64,7 @@ class ProgressLog:
     self._print(f"step {step}/{self.total} loss={row['loss']:.4f} accuracy={row['accuracy']:.3f} "
                 f"sigma={row['sigma']:.3f} grad_norm={row['grad_norm']:.3f} lr={row['lr']:.2e} "
                 f"pairs/s={row['pairs_per_s']:.2f} tokens/s={row['tokens_per_s']:.0f} "
-                f"step={step_time:.3f}s{extra} skipped_rows={skipped} ETA {_duration(eta)}")
+                f"step={step_time:.3f}s{extra} skipped_rows={skipped} ETA {cli.duration(eta)}")
     self._scalars("train", step, {**row, "skipped_rows": skipped, "skipped_updates": len(bad)})
     self.last = row
     self._window, self._flops, self._clock = [], 0.0, time.perf_counter()
