@@ -62,7 +62,8 @@ def test_the_qwen_template_renders_the_reference_layout_as_transformers_does():
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": text}]}]
     want = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
-    got = processor.prompt_ids(dimension, "make the sky pink", 2)
+    one_token = np.array([1, 2, 2])  # a 2x2-patch image: one merged token, so one <|image_pad|> as in the chat
+    got, _ = processor.encode(dimension, "make the sky pink", [one_token, one_token])
     np.testing.assert_array_equal(got, want)
     rendered = tokenizer.decode(got)
     assert rendered.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
