@@ -129,11 +129,20 @@ def stack_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if shapes(shard) != want:
       raise ValueError(f"batch shard {i} has shapes {shapes(shard)}, shard 0 has {want}: collate every shard of a "
                        "batch with one BatchShape")
-  batch = {k: np.concatenate([s["batch"][k] for s in shards]) for k in _ROW_ARRAYS}
-  batch["position_ids"] = np.concatenate([s["batch"]["position_ids"] for s in shards], axis=1)
+  batch = {k: _concatenate([s["batch"][k] for s in shards]) for k in _ROW_ARRAYS}
+  batch["position_ids"] = _concatenate([s["batch"]["position_ids"] for s in shards], axis=1)
   visions = [s["batch"]["vision"] for s in shards]
-  batch["vision"] = None if visions[0] is None else {k: np.stack([v[k] for v in visions]) for k in visions[0]}
-  return {"batch": batch, **{k: np.concatenate([s[k] for s in shards]) for k in _ROW_FIELDS}}
+  batch["vision"] = None if visions[0] is None else {k: stack([v[k] for v in visions]) for k in visions[0]}
+  return {"batch": batch, **{k: _concatenate([s[k] for s in shards]) for k in _ROW_FIELDS}}
+
+
+def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+  """np.stack, but one array becomes a view with a leading axis of 1, not a copy (pixels are most of a batch)."""
+  return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+
+def _concatenate(arrays: Sequence[np.ndarray], axis: int = 0) -> np.ndarray:
+  return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
 
 
 def pair_outputs(outputs):

@@ -63,6 +63,9 @@ Orbax's Grain checkpoint handlers (which json-encode `get_state()`) can save it 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import threading
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import grain
@@ -78,6 +81,7 @@ from editreward_jax.schema import DataError
 
 PAIR_IMAGES = 3  # source, A, B
 CANDIDATES = 2   # A, B
+ROW_IMAGES = 2   # source, candidate: the images each prompt row shows
 ROWS_PER_PAIR = CANDIDATES * len(DIMENSIONS)
 
 
@@ -101,6 +105,7 @@ class PipelineConfig:
   worker_buffer: int = 2                                    # batches each worker process keeps ready
   read_threads: int = 2                                     # threads processing pairs in each process
   prefetch: int = 2                                         # batches a background thread keeps ready; 0 = none
+  thread_niceness: int = 10                                 # Linux niceness of the read and prefetch threads
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None                             # None: repeat forever
@@ -126,7 +131,7 @@ class PipelineConfig:
     for name in ("max_image_pixels", "min_image_side"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("workers", "worker_buffer", "read_threads", "prefetch"):
+    for name in ("workers", "worker_buffer", "read_threads", "prefetch", "thread_niceness"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     if self.num_epochs is not None and self.num_epochs < 1:
@@ -147,6 +152,21 @@ def process_shard() -> Shard:
   """This host's shard: one per JAX process."""
   import jax  # deferred: only a caller that does not pass its shard needs JAX initialised
   return Shard(jax.process_index(), jax.process_count())
+
+
+_niced = threading.local()
+
+
+def _yield_cores(niceness: int) -> None:
+  """Gives the calling pipeline thread at least `niceness` (once per thread; never the main thread, which
+  dispatches the steps). On a CPU backend the step's compute threads keep most cores busy, and a batch is needed
+  only every step: nice threads take a core when compute leaves it idle rather than slowing the step. Linux only
+  (elsewhere niceness is per process)."""
+  if niceness and sys.platform == "linux" and not getattr(_niced, "done", False):
+    if threading.current_thread() is not threading.main_thread():
+      tid = threading.get_native_id()
+      os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    _niced.done = True
 
 
 def fixed_image_patches(config: PipelineConfig, patch_size: int) -> int:
@@ -174,16 +194,35 @@ class _PairTask:
   first: bool       # the row's first pair: the one whose failure counts the row as skipped
 
 
-class _RowPairs(grain.experimental.FlatMapTransform):
-  """Source row index -> the row's pairs (tie-disentangled), or a skip for a bad row."""
+class _RowPairs(grain.MapDataset):
+  """Source row indices -> the rows' pairs (tie-disentangled), or a skip for a bad row: element 2i + k is pair k of
+  row i, None where the row has fewer (Grain's FlatMapMapDataset layout, so orders and iterator states are its).
 
-  max_fan_out = 2
+  FlatMapMapDataset reads and checks a row again for each of its slots; this remembers each row's element count,
+  so an empty slot met after the row was read costs nothing (most rows give one pair, ties two or none).
+  """
 
-  def __init__(self, source: Sequence[Any], rows: row_checks.RowPolicy, tie_policy: str):
+  fan_out = 2
+
+  def __init__(self, parent: grain.MapDataset, source: Sequence[Any], rows: row_checks.RowPolicy, tie_policy: str):
+    super().__init__(parent)
     self.source, self.rows, self.tie_policy = source, rows, tie_policy
+    self._counts = np.full(len(parent), -1, np.int8)  # elements of each row once read; -1 before
 
-  def flat_map(self, index: int) -> list[_PairTask | row_checks.Skip]:
-    index = int(index)
+  def __len__(self) -> int:
+    return self.fan_out * len(self._parent)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    position, slot = divmod(index % len(self), self.fan_out)  # Grain indexes past the end for later epochs
+    if 0 <= self._counts[position] <= slot:
+      return None
+    found = self._flat_map(int(self._parent[position]))
+    self._counts[position] = len(found)
+    return found[slot] if slot < len(found) else None
+
+  def _flat_map(self, index: int) -> list[_PairTask | row_checks.Skip]:
     try:
       row = self.source[index]
     except DataError as e:  # the source names its file, line and field
@@ -216,8 +255,10 @@ class _ProcessPair:
     self.max_image_pixels, self.min_image_side = config.max_image_pixels, config.min_image_side
     self.max_seq_len = config.max_seq_len
     self.max_image_patches = fixed_image_patches(config, processor.patch_size) if config.fixed_shapes else None
+    self.niceness = config.thread_niceness
 
   def __call__(self, task: _PairTask | row_checks.Skip) -> _ProcessedPair | row_checks.Skip | None:
+    _yield_cores(self.niceness)
     if isinstance(task, row_checks.Skip):
       return task
     try:
@@ -233,13 +274,15 @@ class _ProcessPair:
       row_checks.check_image_header(task.row, column, self.max_image_pixels, self.min_image_side)
     images = tuple(self._image(task.row, column) for column in columns)
     tokens, reward_index = [], []
+    prompt_ids = {}  # a dimension's text is the same for both candidates: tokenized once, expanded per candidate
     for candidate in images[1:]:
       for dimension in DIMENSIONS:
-        try:
-          ids, reward = self.processor.encode(dimension, task.row["instruction"],
-                                              [images[0].grid_thw, candidate.grid_thw])
-        except PromptError as e:
-          raise row_checks.BadRow("special_token", "instruction", str(e)) from e
+        if dimension not in prompt_ids:
+          try:
+            prompt_ids[dimension] = self.processor.prompt_ids(dimension, task.row["instruction"], ROW_IMAGES)
+          except PromptError as e:
+            raise row_checks.BadRow("special_token", "instruction", str(e)) from e
+        ids, reward = self.processor.expand_images(prompt_ids[dimension], [images[0].grid_thw, candidate.grid_thw])
         if len(ids) > self.max_seq_len:
           raise row_checks.BadRow("too_long", "instruction",
                         f"the {dimension} prompt has {len(ids)} tokens, more than the largest sequence bucket "
@@ -277,6 +320,7 @@ class _Collate:
     self.window_patches = v.window_units**2 * v.merge_unit
     self.merge_unit = v.merge_unit
     self.image_patches = fixed_image_patches(config, v.patch_size) if self.fixed else None
+    self.niceness = config.thread_niceness
 
   def _patch_slots(self, windows: int) -> int:
     """Vision patch slots of every shard, for `windows`, the most attention windows any shard needs."""
@@ -301,6 +345,7 @@ class _Collate:
     return rows, table
 
   def __call__(self, found: Sequence[_ProcessedPair], skipped: np.ndarray) -> dict[str, Any]:
+    _yield_cores(self.niceness)
     p, per_shard = self.batch_pairs, self.batch_pairs // self.shards
     shards = [self._shard_rows(found[k * per_shard:(k + 1) * per_shard]) for k in range(self.shards)]
     grids = [np.array([im.grid_thw for im in table.images], np.int64).reshape(-1, 3) for _, table in shards]
@@ -451,7 +496,7 @@ def pair_dataset(source: Sequence[Any], tokenizer, prompts: Prompts, model_cfg: 
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
   ds = grain.MapDataset.range(len(source))[shard.index::shard.count]
-  ds = grain.experimental.FlatMapMapDataset(ds, _RowPairs(source, rows, config.tie_policy))
+  ds = _RowPairs(ds, source, rows, config.tie_policy)
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)
   ds = ds.repeat(config.num_epochs)

@@ -34,6 +34,13 @@ DEFAULT_PIXELS = 200704  # 448 * 448: min_pixels = max_pixels in the reference, 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # OPENAI_CLIP_MEAN
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)  # OPENAI_CLIP_STD
 MAX_ASPECT_RATIO = 200
+# Every value a normalised pixel can take, per channel [C, 256]: rescaled as transformers does (float64 * 1/255,
+# then float32), then CLIP-normalised in float32, so a table lookup gives its exact bits without float work per pixel.
+_NORMALISED = np.ascontiguousarray(
+    (((np.arange(256) * (1 / 255)).astype(np.float32)[:, None] - CLIP_MEAN) / CLIP_STD).T)
+# Texts that render the chat once around a placeholder (`Processor._chat_frame`): whitespace at both ends, braces and
+# markup, so a template that strips, escapes or repeats its text fails the check and is rendered per prompt.
+_FRAME_PROBES = (" \n{probe}\t<b>&amp; ", "\tsecond <probe/> {{x}}\n ")
 
 ImageInput = PIL.Image.Image | str | os.PathLike | bytes | bytearray | memoryview | Mapping[str, Any]
 
@@ -122,13 +129,14 @@ def process_image(image: PIL.Image.Image, *, min_pixels: int = DEFAULT_PIXELS, m
   rgb = to_rgb(image)
   h, w = smart_resize(rgb.height, rgb.width, patch_size * merge_size, min_pixels, max_pixels)
   x = np.asarray(rgb.resize((w, h), PIL.Image.Resampling.BICUBIC))
-  x = (x.astype(np.float64) * (1 / 255)).astype(np.float32)  # as transformers rescales (same as float32 / 255)
-  x = (x - CLIP_MEAN) / CLIP_STD
   gh, gw, m, p = h // patch_size, w // patch_size, merge_size, patch_size
-  # [H, W, C] -> (block row, block col, row in block, col in block, C, patch row, patch col)
+  # [H, W, C] -> (block row, block col, row in block, col in block, C, patch row, patch col), still uint8
   x = x.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-  x = np.repeat(x[:, :, :, :, :, None], temporal_patch_size, axis=5)  # a still image fills every frame
-  return ProcessedImage(np.ascontiguousarray(x.reshape(gh * gw, -1)), np.array([1, gh, gw], np.int64))
+  out = np.empty((gh // m, gw // m, m, m, 3, temporal_patch_size, p, p), np.float32)
+  for c in range(3):  # normalise by table lookup straight into the patch layout (uint8 indices are never clipped)
+    np.take(_NORMALISED[c], x[:, :, :, :, c], out=out[:, :, :, :, c, 0], mode="clip")
+  out[:, :, :, :, :, 1:] = out[:, :, :, :, :, :1]  # a still image fills every frame
+  return ProcessedImage(out.reshape(gh * gw, -1), np.array([1, gh, gw], np.int64))
 
 
 def add_reward_token(tokenizer, source: str = "the tokenizer") -> int:
@@ -189,6 +197,7 @@ class Processor:
     self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
     self.image_pad_id = vocab[IMAGE_PAD]
     self.reward_id = vocab[REWARD_TOKEN]
+    self._frames: dict[int, tuple[str, str] | None] = {}  # image count -> `_chat_frame`
 
   def image(self, image: ImageInput, field: str = "image") -> ProcessedImage:
     """Decode and process one image; any failure is an ImageError naming `field`."""
@@ -207,23 +216,52 @@ class Processor:
 
   def encode(self, dimension: str, instruction: str, grids: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
     """Token ids [L] int32 of one dimension's chat over images with `grids`, and the `<|Reward|>` position."""
-    content = [{"type": "image"} for _ in grids]
-    content.append({"type": "text", "text": self.prompts.text(dimension, instruction)})
-    text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                              tokenize=False)
-    ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False), np.int32)
-    pads = np.flatnonzero(ids == self.image_pad_id)
-    if len(pads) != len(grids):
-      raise PromptError(f"{dimension} prompt: {len(pads)} {IMAGE_PAD} tokens for {len(grids)} images "
+    return self.expand_images(self.prompt_ids(dimension, instruction, len(grids)), grids)
+
+  def prompt_ids(self, dimension: str, instruction: str, num_images: int) -> np.ndarray:
+    """Token ids [L] int32 of one dimension's chat over `num_images` images, one `<|image_pad|>` each: the same
+    for every image size, so `expand_images` can give both candidates of a training pair their rows from one."""
+    text = self.prompts.text(dimension, instruction)
+    if num_images not in self._frames:
+      self._frames[num_images] = self._chat_frame(num_images)
+    frame = self._frames[num_images]
+    chat = self._render(text, num_images) if frame is None else frame[0] + text + frame[1]
+    ids = np.asarray(self.tokenizer.encode(chat, add_special_tokens=False), np.int32)
+    pads = np.count_nonzero(ids == self.image_pad_id)
+    if pads != num_images:
+      raise PromptError(f"{dimension} prompt: {pads} {IMAGE_PAD} tokens for {num_images} images "
                         f"(the instruction or the rubric in {self.prompts.source} must not contain {IMAGE_PAD})")
-    repeats = np.ones(len(ids), np.int64)
-    repeats[pads] = [self.num_image_tokens(g) for g in grids]
-    ids = np.repeat(ids, repeats)
-    rewards = np.flatnonzero(ids == self.reward_id)
-    if len(rewards) != 1:
-      raise PromptError(f"{dimension} prompt: {len(rewards)} {REWARD_TOKEN} tokens, need exactly one "
+    rewards = np.count_nonzero(ids == self.reward_id)
+    if rewards != 1:
+      raise PromptError(f"{dimension} prompt: {rewards} {REWARD_TOKEN} tokens, need exactly one "
                         f"(the instruction must not contain {REWARD_TOKEN}; check {self.prompts.source})")
-    return ids, int(rewards[0])
+    return ids
+
+  def expand_images(self, ids: np.ndarray, grids: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """`prompt_ids` with each `<|image_pad|>` repeated to its image's merged-token count, as
+    `Qwen2_5_VLProcessor` does, and the position of `<|Reward|>`."""
+    repeats = np.ones(len(ids), np.int64)
+    repeats[ids == self.image_pad_id] = [self.num_image_tokens(g) for g in grids]
+    ids = np.repeat(ids, repeats)
+    return ids, int(np.flatnonzero(ids == self.reward_id)[0])
+
+  def _render(self, text: str, num_images: int) -> str:
+    content = [{"type": "image"} for _ in range(num_images)]
+    content.append({"type": "text", "text": text})
+    return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                              tokenize=False)
+
+  def _chat_frame(self, num_images: int) -> tuple[str, str] | None:
+    """(head, tail) such that the chat of any text is head + text + tail, if the template passes its text through
+    verbatim (the same frame around every probe); else None, and each chat is rendered (Jinja costs more than the
+    tokenizer here)."""
+    frames = set()
+    for probe in _FRAME_PROBES:
+      chat = self._render(probe, num_images)
+      if chat.count(probe) != 1:
+        return None
+      frames.add(tuple(chat.split(probe)))
+    return frames.pop() if len(frames) == 1 else None
 
   def __call__(self, instruction: str, source_image: ImageInput, edited_image: ImageInput, *,
                where: str = "") -> ProcessedExample:

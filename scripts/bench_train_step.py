@@ -5,7 +5,8 @@ what the loop costs.
   python scripts/bench_train_step.py [--config=configs/tiny.py] [--steps=30] [--data_dir=DIR] [--config.a.b=v]
 
 Builds (or reuses) the config's demo set, collates `--steps` batches up front, then times every step after the first
-(which compiles). Prints one JSON line.
+(which compiles). Prints one JSON line; `cpu_s_per_step` is this process's CPU time (all threads) per timed step, the
+budget the loop's host work competes for on a CPU backend.
 """
 
 from __future__ import annotations
@@ -52,14 +53,17 @@ def main(argv):
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     times = []
+    cpu = time.process_time()
     for batch in placed[1:]:
       t = time.perf_counter()
       state, metrics = step_fn(state, frozen, batch, key)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu
   step_s = statistics.median(times)
   print(json.dumps({"config": _CONFIG.value.model.preset, "batch_pairs": config.train.batch_pairs,
                     "steps": len(times), "step_s_median": round(step_s, 4),
+                    "step_s_mean": round(statistics.mean(times), 4), "cpu_s_per_step": round(cpu / len(times), 4),
                     "pairs_per_s": round(config.train.batch_pairs / step_s, 2), "compile_s": round(compile_s, 1),
                     "devices": jax.device_count(), "platform": jax.devices()[0].platform, "jax": jax.__version__}))
 

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from editreward_jax import model_dir, pipeline, sharding
+from editreward_jax import batching, model_dir, pipeline, sharding
 from editreward_jax.evaluation import metrics as eval_metrics
 from editreward_jax.prompts import DIMENSIONS
 from editreward_jax.reward import fuse
@@ -104,9 +104,10 @@ class _Preemption:
 
 
 def global_batch(micro_batches: list[Mapping[str, Any]], shardings: Any) -> Any:
-  """Stacks this process's micro-batches on a leading axis and assembles the global arrays."""
-  local = jax.tree.map(lambda *xs: np.stack(xs), *[step_inputs(b) for b in micro_batches])
-  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), local, shardings)
+  """Stacks this process's micro-batches on a leading axis and assembles the global arrays (one call for the whole
+  tree: on one process a single device_put)."""
+  local = jax.tree.map(lambda *xs: batching.stack(xs), *[step_inputs(b) for b in micro_batches])
+  return jax.make_array_from_process_local_data(shardings, local)
 
 
 def stacked_shardings(batch: Mapping[str, Any], mesh) -> Any:
@@ -126,8 +127,7 @@ def evaluate(forward, trainable, frozen, source, tokenizer, setup: state_lib.Mod
   with contextlib.closing(it):
     for batch in it:
       inputs = step_inputs(batch)
-      shardings = sharding.batch_shardings(inputs, mesh)
-      placed = jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), inputs, shardings)
+      placed = jax.make_array_from_process_local_data(sharding.batch_shardings(inputs, mesh), inputs)
       out = np.asarray(multihost_utils.process_allgather(forward(trainable, frozen, placed),
                                                                          tiled=True))
       local = {k: multihost_utils.process_allgather(batch[k], tiled=True)
