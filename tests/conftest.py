@@ -36,3 +36,10 @@ def tiny_jax(tiny_ckpt):
   from editreward_jax.model_dir import load_model
   model, _ = load_model(tiny_ckpt)
   return model.backbone
+
+
+@pytest.fixture(scope="session")
+def reward_dir(tmp_path_factory):
+  """A tiny random reward model directory with the bundled tokenizer (JAX only); tests read it, never change it."""
+  from tiny_reward import make_reward_dir
+  return make_reward_dir(tmp_path_factory.mktemp("reward_tiny"))

@@ -15,16 +15,10 @@ import data
 from editreward_jax.evaluation import benchmarks, metrics
 from launch import evaluate
 from test_data_builders import BENCH_TYPES, make_group, write_hf_parquet
-from tiny_reward import make_reward_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K2_FIELDS = {"accuracy_with_ties", "epsilon", "accuracy_without_ties", "strict_accuracy", "groups", "pairs"}
 K34_FIELDS = {"pairwise_accuracy", "group_accuracy", "strict_accuracy", "groups", "pairs"}
-
-
-@pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory):
-  return make_reward_dir(tmp_path_factory.mktemp("reward"))
 
 
 @pytest.fixture(scope="module")

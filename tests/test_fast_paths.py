@@ -1,16 +1,11 @@
 """The input pipeline's fast paths against the slow computations they replace: the pixel lookup table against float
 normalisation, the cached chat frame against rendering every prompt, a pair's shared prompt tokens against encoding
-each row, and the remembered row fan-out against Grain's FlatMapMapDataset (same elements, fewer reads); and the
-pipeline threads' niceness (they yield the cores to the train step, the main thread keeps its priority)."""
+each row, and the remembered row fan-out against Grain's FlatMapMapDataset (same elements, fewer reads)."""
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import os
 import pathlib
-import sys
-import threading
 
 import grain
 import numpy as np
@@ -155,24 +150,3 @@ def test_row_pairs_are_grains_flat_map_with_fewer_reads(policy):
   assert sum(source.reads.values()) <= nonempty + len(fast) // 2 < slow_reads
   assert max(source.reads[i] for i in source.reads) <= 1 + 3 * 2  # per epoch: at most one read per slot
 
-
-@pytest.mark.skipif(sys.platform != "linux", reason="threads have their own niceness on Linux only")
-@pytest.mark.parametrize("read_threads, prefetch", [(2, 2), (0, 0)])
-def test_pipeline_threads_are_nice_and_the_main_thread_is_not(tokenizer, monkeypatch, read_threads, prefetch):
-  seen = {}  # thread -> (is the main thread, niceness after the pipeline asked for it)
-  real = pipeline._yield_cores
-
-  def spy(niceness):
-    real(niceness)
-    tid = threading.get_native_id()
-    seen[tid] = (threading.current_thread() is threading.main_thread(), os.getpriority(os.PRIO_PROCESS, tid))
-
-  monkeypatch.setattr(pipeline, "_yield_cores", spy)
-  main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-  rows = list(generate_rows("train", 8, seed=3, image_size=SIZE, edits_per_source=4))
-  config = dataclasses.replace(CONFIG, read_threads=read_threads, prefetch=prefetch, thread_niceness=7)
-  list(pipeline.pair_dataset(rows, tokenizer, prompts.load_prompts(), TINY, config, shard=(0, 1)))
-  others = [nice for is_main, nice in seen.values() if not is_main]
-  assert bool(others) == (read_threads > 0) and all(nice >= 7 for nice in others)
-  assert [nice for is_main, nice in seen.values() if is_main] in ([], [main])
-  assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main

@@ -24,15 +24,9 @@ import pytest
 from editreward_jax import load_scorer, model_dir, processing
 from editreward_jax.prompts import PromptError, load_prompts
 from subprocess_run import run_report
-from tiny_reward import make_reward_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(70, 50), (112, 112), (40, 150), (90, 64)]
-
-
-@pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory):
-  return make_reward_dir(tmp_path_factory.mktemp("reward_tiny"))
 
 
 @pytest.fixture(scope="module")
