@@ -63,9 +63,6 @@ Orbax's Grain checkpoint handlers (which json-encode `get_state()`) can save it 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-import threading
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import grain
@@ -105,7 +102,6 @@ class PipelineConfig:
   worker_buffer: int = 2                                    # batches each worker process keeps ready
   read_threads: int = 2                                     # threads processing pairs in each process
   prefetch: int = 2                                         # batches a background thread keeps ready; 0 = none
-  thread_niceness: int = 10                                 # Linux niceness of the read and prefetch threads
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None                             # None: repeat forever
@@ -131,7 +127,7 @@ class PipelineConfig:
     for name in ("max_image_pixels", "min_image_side"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("workers", "worker_buffer", "read_threads", "prefetch", "thread_niceness"):
+    for name in ("workers", "worker_buffer", "read_threads", "prefetch"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     if self.num_epochs is not None and self.num_epochs < 1:
@@ -152,21 +148,6 @@ def process_shard() -> Shard:
   """This host's shard: one per JAX process."""
   import jax  # deferred: only a caller that does not pass its shard needs JAX initialised
   return Shard(jax.process_index(), jax.process_count())
-
-
-_niced = threading.local()
-
-
-def _yield_cores(niceness: int) -> None:
-  """Gives the calling pipeline thread at least `niceness` (once per thread; never the main thread, which
-  dispatches the steps). On a CPU backend the step's compute threads keep most cores busy, and a batch is needed
-  only every step: nice threads take a core when compute leaves it idle rather than slowing the step. Linux only
-  (elsewhere niceness is per process)."""
-  if niceness and sys.platform == "linux" and not getattr(_niced, "done", False):
-    if threading.current_thread() is not threading.main_thread():
-      tid = threading.get_native_id()
-      os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
-    _niced.done = True
 
 
 def fixed_image_patches(config: PipelineConfig, patch_size: int) -> int:
@@ -255,10 +236,8 @@ class _ProcessPair:
     self.max_image_pixels, self.min_image_side = config.max_image_pixels, config.min_image_side
     self.max_seq_len = config.max_seq_len
     self.max_image_patches = fixed_image_patches(config, processor.patch_size) if config.fixed_shapes else None
-    self.niceness = config.thread_niceness
 
   def __call__(self, task: _PairTask | row_checks.Skip) -> _ProcessedPair | row_checks.Skip | None:
-    _yield_cores(self.niceness)
     if isinstance(task, row_checks.Skip):
       return task
     try:
@@ -320,7 +299,6 @@ class _Collate:
     self.window_patches = v.window_units**2 * v.merge_unit
     self.merge_unit = v.merge_unit
     self.image_patches = fixed_image_patches(config, v.patch_size) if self.fixed else None
-    self.niceness = config.thread_niceness
 
   def _patch_slots(self, windows: int) -> int:
     """Vision patch slots of every shard, for `windows`, the most attention windows any shard needs."""
@@ -345,7 +323,6 @@ class _Collate:
     return rows, table
 
   def __call__(self, found: Sequence[_ProcessedPair], skipped: np.ndarray) -> dict[str, Any]:
-    _yield_cores(self.niceness)
     p, per_shard = self.batch_pairs, self.batch_pairs // self.shards
     shards = [self._shard_rows(found[k * per_shard:(k + 1) * per_shard]) for k in range(self.shards)]
     grids = [np.array([im.grid_thw for im in table.images], np.int64).reshape(-1, 3) for _, table in shards]
