@@ -95,7 +95,7 @@ class EditRewardTorch(torch.nn.Module):
       ids[r, :len(tokens)] = torch.from_numpy(tokens.astype(np.int64))
       mask[r, :len(tokens)] = 1
     images = [im for _, _, ims in rows for im in ims]
-    kwargs = dict(pixel_values=torch.from_numpy(np.concatenate([im.pixel_values for im in images])),
+    kwargs = dict(pixel_values=torch.from_numpy(np.concatenate([im.normalised() for im in images])),
                   image_grid_thw=torch.from_numpy(np.stack([im.grid_thw for im in images])))
     mode = self.settings["rope_mode"]
     if mode == "sequential":

@@ -17,7 +17,7 @@ import numpy as np
 
 from editreward_jax.models import inputs, vision_layout
 from editreward_jax.models.config import ModelConfig
-from editreward_jax.processing import ProcessedExample, ProcessedImage
+from editreward_jax.processing import PIXEL_TABLE, ProcessedExample, ProcessedImage
 from editreward_jax.prompts import DIMENSIONS
 
 
@@ -98,7 +98,7 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
     }
   batch = inputs.make_batch([r.tokens for r in rows], cfg, pixel_values=pixels, image_grid_thw=grids,
                             image_refs=[list(r.images) for r in rows], rope_mode=rope_mode, seq_len=seq_len,
-                            num_rows=n_rows, pad_id=pad_id, vision_buckets=vision_buckets)
+                            num_rows=n_rows, pad_id=pad_id, vision_buckets=vision_buckets, pixel_table=PIXEL_TABLE)
   reward_index = np.zeros(n_rows, np.int32)
   dimension = np.zeros(n_rows, np.int32)
   valid = np.zeros(n_rows, bool)

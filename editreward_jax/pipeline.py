@@ -29,9 +29,10 @@ batches are the same with K = 1):
 - "batch" (the model's inputs, `Qwen25VL.__call__`): "input_ids" [R, L] int32, "lengths" [R] int32 (right padding,
   0 for padded rows), "position_ids" [3, R, L] int32, "image_slots" [R, L] int32 (the merged-unit slot, in the
   row's own shard, of each image token; -1 elsewhere), "vision": `vision_layout.VisionBatch` arrays with a leading
-  [K] axis and shard-local indices: "pixels" [K, S, patch_dim], "rope_pos" [K, S, 2], "window_lengths" [K, W],
+  [K] axis and shard-local indices: "pixels" [K, S, patch_dim] uint8, "rope_pos" [K, S, 2], "window_lengths" [K, W],
   "image_slots" [K, 3P_s, patches per image], "image_lengths" [K, 3P_s], "slot_to_image" [K, S], "unit_slots"
-  [K, U] (S patch slots, W = S / window patches, U = S / merge_unit, all per shard).
+  [K, U], "pixel_table" [K, C, 256] float32 (S patch slots, W = S / window patches, U = S / merge_unit, all per
+  shard; the model normalises the pixels by the table).
 - "reward_index" [R] int32 (position of `<|Reward|>`), "dimension" [R] int32 (follows the row layout on padded rows
   too, so it is the same [0, 1, 0, 1, ...] in every batch), "row_valid" [R] bool; pair-level, in pair order:
   "pair_valid" [P] bool; "labels" [P, D] int32 (+1 A better on that dimension, -1 worse, 0 equal); "pair_weight"

@@ -3,9 +3,11 @@
 Images: decoded from a PIL image, a path, encoded bytes or a `{"bytes", "path"}` record (a Hugging Face image
 column), without applying EXIF orientation (as `PIL.Image.open` gives them to the image processor); made RGB exactly
 as transformers' `convert_to_rgb` does (anything with an alpha band or a transparency key is composited over white);
-resized with PIL bicubic to `smart_resize`; scaled by 1/255 in float64 then cast to float32 and CLIP-normalised; and
-cut into merge-block-ordered rows of C * temporal * patch * patch values. The result is bit-identical to transformers'
-`Qwen2VLImageProcessorPil`.
+resized with PIL bicubic to `smart_resize`; and cut into merge-block-ordered rows of C * temporal * patch * patch
+values, kept as uint8. `PIXEL_TABLE` holds what each value normalises to (scaled by 1/255 in float64 then cast to
+float32, then CLIP-normalised): the model normalises on the device by that table (`vision_layout.normalise_pixels`),
+so a quarter of the bytes cross worker shared memory and the host-device link, and `ProcessedImage.normalised()` gives
+the same floats on the host. Those are bit-identical to transformers' `Qwen2VLImageProcessorPil`.
 
 Prompts: one chat per quality dimension, a single user turn [source image, edited image, rubric text + suffix],
 rendered by the tokenizer's chat template with the generation prompt and tokenized without extra special tokens (the
@@ -27,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import PIL.Image
 
+from editreward_jax.models import vision_layout
 from editreward_jax.prompts import DIMENSIONS, REWARD_TOKEN, PromptError, Prompts
 
 IMAGE_PAD = "<|image_pad|>"
@@ -36,8 +39,9 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)  # OPENAI_
 MAX_ASPECT_RATIO = 200
 # Every value a normalised pixel can take, per channel [C, 256]: rescaled as transformers does (float64 * 1/255,
 # then float32), then CLIP-normalised in float32, so a table lookup gives its exact bits without float work per pixel.
-_NORMALISED = np.ascontiguousarray(
+PIXEL_TABLE = np.ascontiguousarray(
     (((np.arange(256) * (1 / 255)).astype(np.float32)[:, None] - CLIP_MEAN) / CLIP_STD).T)
+PIXEL_TABLE.flags.writeable = False  # batches hold it uncopied: a write through one would change them all
 # Texts that render the chat once around a placeholder (`Processor._chat_frame`): whitespace at both ends, braces and
 # markup, so a template that strips, escapes or repeats its text fails the check and is rendered per prompt.
 _FRAME_PROBES = (" \n{probe}\t<b>&amp; ", "\tsecond <probe/> {{x}}\n ")
@@ -51,8 +55,12 @@ class ImageError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedImage:
-  pixel_values: np.ndarray  # [grid_h * grid_w, C * temporal * patch * patch] float32, merge-block order
+  pixel_values: np.ndarray  # [grid_h * grid_w, C * temporal * patch * patch] uint8, merge-block order
   grid_thw: np.ndarray      # (3,) int64: (1, grid_h, grid_w)
+
+  def normalised(self) -> np.ndarray:
+    """The float32 pixel rows transformers' image processor gives (for models fed floats, e.g. PyTorch)."""
+    return vision_layout.normalise_pixels(self.pixel_values, PIXEL_TABLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,17 +133,15 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 def process_image(image: PIL.Image.Image, *, min_pixels: int = DEFAULT_PIXELS, max_pixels: int = DEFAULT_PIXELS,
                   patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2) -> ProcessedImage:
-  """Resize, normalise and patchify one decoded image (ValueError from `smart_resize` for unusable sizes)."""
+  """Resize and patchify one decoded image into uint8 rows (ValueError from `smart_resize` for unusable sizes)."""
   rgb = to_rgb(image)
   h, w = smart_resize(rgb.height, rgb.width, patch_size * merge_size, min_pixels, max_pixels)
   x = np.asarray(rgb.resize((w, h), PIL.Image.Resampling.BICUBIC))
   gh, gw, m, p = h // patch_size, w // patch_size, merge_size, patch_size
-  # [H, W, C] -> (block row, block col, row in block, col in block, C, patch row, patch col), still uint8
+  # [H, W, C] -> (block row, block col, row in block, col in block, C, patch row, patch col)
   x = x.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-  out = np.empty((gh // m, gw // m, m, m, 3, temporal_patch_size, p, p), np.float32)
-  for c in range(3):  # normalise by table lookup straight into the patch layout (uint8 indices are never clipped)
-    np.take(_NORMALISED[c], x[:, :, :, :, c], out=out[:, :, :, :, c, 0], mode="clip")
-  out[:, :, :, :, :, 1:] = out[:, :, :, :, :, :1]  # a still image fills every frame
+  out = np.empty((gh // m, gw // m, m, m, 3, temporal_patch_size, p, p), np.uint8)
+  out[...] = x[:, :, :, :, :, None]  # a still image fills every frame
   return ProcessedImage(out.reshape(gh * gw, -1), np.array([1, gh, gw], np.int64))
 
 

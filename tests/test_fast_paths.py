@@ -1,6 +1,6 @@
-"""The input pipeline's fast paths against the slow computations they replace: the pixel lookup table against float
-normalisation, the cached chat frame against rendering every prompt, a pair's shared prompt tokens against encoding
-each row, and the remembered row fan-out against Grain's FlatMapMapDataset (same elements, fewer reads)."""
+"""The input pipeline's fast paths against the slow computations they replace: the cached chat frame against
+rendering every prompt, a pair's shared prompt tokens against encoding each row, and the remembered row fan-out
+against Grain's FlatMapMapDataset (same elements, fewer reads). The pixel lookup table is tested in test_pixels.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pathlib
 
 import grain
 import numpy as np
-import PIL.Image
 import pytest
 
 from configs.presets import TINY
@@ -25,25 +24,6 @@ CONFIG = pipeline.PipelineConfig(batch_pairs=2, seq_buckets=(352, 384, 512), pat
 @pytest.fixture(scope="module")
 def tokenizer():
   return processing.load_tokenizer(ROOT / "data" / "tiny_tokenizer")
-
-
-def float_pixels(image: PIL.Image.Image, h: int, w: int) -> np.ndarray:
-  """The normalisation and patch layout computed in floats, as transformers' image processor does."""
-  x = np.asarray(processing.to_rgb(image).resize((w, h), PIL.Image.Resampling.BICUBIC))
-  x = ((x.astype(np.float64) * (1 / 255)).astype(np.float32) - processing.CLIP_MEAN) / processing.CLIP_STD
-  x = x.reshape(h // 28, 2, 14, w // 28, 2, 14, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-  return np.repeat(x[:, :, :, :, :, None], 2, axis=5).reshape(h * w // 196, -1)
-
-
-@pytest.mark.parametrize("width, height", [(56, 56), (112, 84), (300, 200)])
-def test_pixel_lookup_table_gives_the_float_bits(width, height):
-  ramp = np.arange(width * height * 3) % 256  # every value on every channel
-  image = PIL.Image.fromarray(np.random.default_rng(0).permutation(ramp).reshape(height, width, 3).astype(np.uint8))
-  got = processing.process_image(image, min_pixels=28 * 28, max_pixels=width * height)
-  _, h, w = got.grid_thw * 14
-  want = float_pixels(image, h, w)
-  assert got.pixel_values.dtype == np.float32 and got.pixel_values.flags.c_contiguous
-  np.testing.assert_array_equal(got.pixel_values.view(np.uint32), want.view(np.uint32))
 
 
 INSTRUCTIONS = ["Make the sky purple.", "  spaced out \n", 'braces {x} {{y}} "quotes" & <b>', "Ünïcode 日本 édit",

@@ -181,7 +181,8 @@ def test_rows_show_the_pair_images_in_the_documented_layout(rows, tokenizer, sha
         assert b["batch"]["input_ids"][r, b["reward_index"][r]] == reward_id
       for i, column in enumerate(("source_img", f"{pair.preferred}_output_image", f"{pair.other}_output_image")):
         alone = processor.image(row[column])
-        layout = vision_layout.build_vision_batch(alone.pixel_values, alone.grid_thw[None], TINY.vision)
+        layout = vision_layout.build_vision_batch(alone.pixel_values, alone.grid_thw[None], TINY.vision,
+                                                  pixel_table=processing.PIXEL_TABLE)
         np.testing.assert_array_equal(image_pixels(b, 3 * q + i, k), layout.pixels[layout.image_slots[0]])
       assert tuple(b["labels"][p]) == pair.labels
 

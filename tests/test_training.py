@@ -156,7 +156,7 @@ def test_gradient_accumulation_equals_one_large_batch(rows):
 def test_non_finite_step_leaves_parameters_unchanged(rows):
   run, mesh = prepare(tiny_config(optimizer__warmup_fraction=0.0))
   (batch,) = batches(run, rows, 2, 1, mesh)
-  vision = dict(batch["batch"]["vision"], pixels=np.full_like(batch["batch"]["vision"]["pixels"], np.nan))
+  vision = dict(batch["batch"]["vision"], pixel_table=np.full_like(batch["batch"]["vision"]["pixel_table"], np.nan))
   batch = dict(batch, batch=dict(batch["batch"], vision=vision))
   before, after, metrics, state = run_steps(run, mesh, [[batch]])
   assert not metrics[0]["finite"]

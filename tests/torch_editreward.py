@@ -99,7 +99,7 @@ def reference_scores(model, examples: list[processing.ProcessedExample]) -> np.n
     ids[r, :len(tokens)] = torch.from_numpy(tokens.astype(np.int64))
     mask[r, :len(tokens)] = 1
   images = [im for *_, ims, _ in rows for im in ims]
-  pixels = torch.from_numpy(np.concatenate([im.pixel_values for im in images]))
+  pixels = torch.from_numpy(np.concatenate([im.normalised() for im in images]))
   grids = torch.from_numpy(np.stack([im.grid_thw for im in images]))
   embeds = model.get_input_embeddings()(ids)
   features = torch.cat(model.model.get_image_features(pixels, grids).pooler_output)

@@ -24,11 +24,12 @@ def make_batch(token_rows: Sequence[Sequence[int]], cfg: ModelConfig, *, pixel_v
                image_grid_thw: np.ndarray | None = None, image_refs: Sequence[Sequence[int]] | None = None,
                rope_mode: str = "sequential", seq_len: int | None = None, num_rows: int | None = None,
                pad_id: int = 0, vision_buckets: dict[str, Sequence[int]] | None = None,
-               dtype=np.float32) -> dict[str, Any]:
+               dtype=np.float32, pixel_table: np.ndarray | None = None) -> dict[str, Any]:
   """Right-pads `token_rows` to `seq_len` (and `num_rows` rows) and lays out the images they show.
 
   `pixel_values` / `image_grid_thw` hold the distinct images, concatenated. `image_refs[r]` lists the image shown by
   each image-token run of row r; without it, runs consume the images in reading order. Padding rows have length 0.
+  Pixels are float `dtype`, or uint8 with their `pixel_table` (see `vision_layout.build_vision_batch`).
   Returns the keyword arguments of `Qwen25VL.__call__` as NumPy arrays: input_ids, lengths, position_ids,
   image_slots and vision (None without images, unless `vision_buckets` fix its layout: then all padding).
   """
@@ -51,7 +52,8 @@ def make_batch(token_rows: Sequence[Sequence[int]], cfg: ModelConfig, *, pixel_v
   grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
   vision = None
   if len(grids) or vision_buckets:
-    vision = vision_layout.build_vision_batch(pixel_values, grids, cfg.vision, dtype=dtype, **(vision_buckets or {}))
+    vision = vision_layout.build_vision_batch(pixel_values, grids, cfg.vision, dtype=dtype, pixel_table=pixel_table,
+                                              **(vision_buckets or {}))
   units = [int(t * h * w) // cfg.vision.merge_unit for t, h, w in grids]
   slots = vision_layout.image_token_slots(input_ids, lengths, cfg.image_token_id, vision, units, image_refs)
   shown = np.array([grids[i] for refs in image_refs for i in refs]).reshape(-1, 3)

@@ -1,5 +1,6 @@
 """Qwen2.5-VL vision tower in Flax NNX, over the padded window layout of `vision_layout`.
 
+uint8 pixel rows are first normalised by the batch's `pixel_table` (see `vision_layout`); float rows go in as they are.
 Patch embedding is a matmul over flattened patch rows (the Conv3d has kernel = stride, so it is exactly this), then
 `depth` blocks (RMSNorm, attention with a 2-D rotary embedding, RMSNorm, SwiGLU MLP with biases) scanned with a
 per-block flag that picks window attention or full attention within each image, then the 2x2 patch merger.
@@ -15,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from editreward_jax import sharding
-from editreward_jax.models import attention, layers, scan
+from editreward_jax.models import attention, layers, scan, vision_layout
 from editreward_jax.models.config import VisionConfig
 
 _VISION_NORM_EPS = 1e-6  # fixed in Qwen2.5-VL's vision tower, independent of the text rms_norm_eps
@@ -119,7 +120,10 @@ class VisionTower(nnx.Module):
 
   def __call__(self, vb: Mapping[str, jax.Array]) -> jax.Array:
     """Merged features [num_unit_slots, out_hidden_size] in slot order (see `vision_layout.VisionBatch`)."""
-    x = self.patch_embed(vb["pixels"])
+    pixels = vb["pixels"]
+    if pixels.dtype == jnp.uint8:
+      pixels = vision_layout.normalise_pixels(pixels, vb["pixel_table"])
+    x = self.patch_embed(pixels)
     x = sharding.constrain(x, ("vis_tokens", "vis_embed_act"))
     cos, sin = rotary_cos_sin(vb["rope_pos"], self.cfg)
     impl = self.attention_impl

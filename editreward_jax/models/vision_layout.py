@@ -9,7 +9,10 @@ depends on image sizes is computed here, once, outside jit; the jitted tower see
 batch of images of different sizes is one call with no Python loop over images.
 
 Pixel rows arrive as `Qwen2VLImageProcessor` writes them: per image, patches in merge-block order (each run of
-`spatial_merge_size**2` consecutive rows is one merged unit), images concatenated.
+`spatial_merge_size**2` consecutive rows is one merged unit), images concatenated; each row is C x temporal x patch x
+patch values, channel-major (the Conv3d weight's flattening). They are either float (normalised, as transformers
+gives them) or uint8 with the table of every normalised value (`processing.PIXEL_TABLE`): a quarter of the bytes to
+move through worker shared memory and to the device, where `normalise_pixels` turns them into the same floats.
 """
 
 from __future__ import annotations
@@ -25,16 +28,28 @@ from editreward_jax.models.config import VisionConfig
 @dataclasses.dataclass(frozen=True)
 class VisionBatch:
   """Fixed-shape inputs of the vision tower (NumPy on the host, jax arrays once transferred)."""
-  pixels: np.ndarray          # [S, patch_dim] pixel rows in window-slot order, zeros in padding slots
+  pixels: np.ndarray          # [S, patch_dim] pixel rows in window-slot order, zeros in padding slots; float or uint8
   rope_pos: np.ndarray        # [S, 2] int32 (row, column) patch coordinates for the 2-D rotary embedding
   window_lengths: np.ndarray  # [W] int32 valid patches per window (valid slots are a prefix of each window)
   image_slots: np.ndarray     # [I, P] int32 slot of each patch of each image (compact, for full attention)
   image_lengths: np.ndarray   # [I] int32 patches per image
   slot_to_image: np.ndarray   # [S] int32 flat index into [I * P] for each slot (0 for padding slots)
   unit_slots: np.ndarray      # [U] int32 merged-unit slot of each merged token, images in input order
+  pixel_table: np.ndarray | None = None  # [C, 256] float32 value of each uint8 pixel per channel; None: float pixels
 
   def tree(self) -> dict[str, np.ndarray]:
-    return dataclasses.asdict(self)
+    """The arrays the model takes (no `pixel_table` key with float pixels)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def normalise_pixels(pixels, table):
+  """uint8 pixel rows [..., C * temporal * patch * patch] -> float rows: `table[c, value]` for each value of
+  channel c. Plain array methods, so the one definition serves NumPy on the host and JAX on the device."""
+  channels = table.shape[0]
+  shape = pixels.shape
+  index = pixels.reshape(*shape[:-1], channels, -1).astype(np.int32)
+  index = index + (256 * np.arange(channels, dtype=np.int32))[:, None]  # rows of the flat table
+  return table.reshape(-1)[index].reshape(shape)
 
 
 def pad_to(n: int, buckets: Sequence[int] | None) -> int:
@@ -87,11 +102,13 @@ def num_windows(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
 def build_vision_batch(pixel_values: np.ndarray | None, grid_thw: np.ndarray, cfg: VisionConfig, *,
                        windows_bucket: Sequence[int] | None = None, images_bucket: Sequence[int] | None = None,
                        patches_bucket: Sequence[int] | None = None, units_bucket: Sequence[int] | None = None,
-                       dtype=np.float32) -> VisionBatch:
+                       dtype=np.float32, pixel_table: np.ndarray | None = None) -> VisionBatch:
   """Lays out `pixel_values` [sum(h*w), patch_dim] of images with `grid_thw` [n, 3] for the vision tower.
 
   The buckets pad the number of windows, images, patches per image and merged units to one of a few sizes so that a
-  run compiles a handful of programs. `pixel_values=None` lays out indices only (pixels then all zero).
+  run compiles a handful of programs. `pixel_values=None` lays out indices only (pixels then all zero). Pixels are
+  float `dtype`, or, with `pixel_table` ([C, 256], `processing.PIXEL_TABLE`), uint8 values carried with the table
+  that gives their floats (the model normalises them).
   """
   grid_thw = check_grids(grid_thw, cfg)
   m, mu, wu = cfg.spatial_merge_size, cfg.merge_unit, cfg.window_units
@@ -104,6 +121,15 @@ def build_vision_batch(pixel_values: np.ndarray | None, grid_thw: np.ndarray, cf
     if pixel_values.shape != (total_patches, cfg.patch_dim):
       raise ValueError(f"pixel_values has shape {pixel_values.shape}; grid_thw implies ({total_patches}, "
                        f"{cfg.patch_dim})")
+    if (pixel_values.dtype == np.uint8) != (pixel_table is not None):
+      raise ValueError(f"{pixel_values.dtype} pixel_values " + ("with" if pixel_table is not None else "without") +
+                       " a pixel_table: uint8 values need the table that gives their floats, float values none")
+  if pixel_table is not None:
+    pixel_table = np.asarray(pixel_table, np.float32)
+    if pixel_table.ndim != 2 or pixel_table.shape[1] != 256 or cfg.patch_dim % pixel_table.shape[0]:
+      raise ValueError(f"pixel_table has shape {pixel_table.shape}; need [channels, 256] with channels dividing "
+                       f"patch_dim {cfg.patch_dim}")
+    dtype = np.uint8
 
   n_win = pad_to(max(num_windows(grid_thw, cfg), 1), windows_bucket)
   n_slots = n_win * win_patches
@@ -142,7 +168,8 @@ def build_vision_batch(pixel_values: np.ndarray | None, grid_thw: np.ndarray, cf
     valid = patch_src >= 0
     pixels[valid] = pixel_values[patch_src[valid]]
   return VisionBatch(pixels=pixels, rope_pos=rope_pos, window_lengths=window_lengths, image_slots=image_slots,
-                     image_lengths=image_lengths, slot_to_image=slot_to_image, unit_slots=unit_slots)
+                     image_lengths=image_lengths, slot_to_image=slot_to_image, unit_slots=unit_slots,
+                     pixel_table=pixel_table)
 
 
 def image_runs(row: np.ndarray, image_token_id: int) -> list[tuple[int, int]]:
