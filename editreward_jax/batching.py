@@ -15,7 +15,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from editreward_jax.models import inputs, vision_layout
+from editreward_jax.models import inputs, shared_prefix, vision_layout
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.processing import PIXEL_TABLE, ProcessedExample, ProcessedImage
 from editreward_jax.prompts import DIMENSIONS
@@ -61,6 +61,15 @@ def bucket(n: int, minimum: int = 1) -> int:
   return 1 << (n - 1).bit_length()
 
 
+def fine_bucket(n: int) -> int:
+  """Smallest of 4, 5, 6, 7 x 2^k (and 1, 2, 3) that is >= n: four sizes per octave, so at most 25% padding
+  (96 stays 96, where `bucket` makes it 128) for four times as many distinct sizes."""
+  if n <= 4:
+    return max(n, 1)
+  scale = 1 << max((n - 1).bit_length() - 3, 0)  # n in (4 * scale, 8 * scale]
+  return -(-n // scale) * scale
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchShape:
   """Static sizes of a collated batch. None: the bucket of the actual size."""
@@ -70,19 +79,43 @@ class BatchShape:
   windows: int | None = None
   patches: int | None = None
   units: int | None = None
-  seq_multiple: int = 64  # sequence lengths are rounded up to a multiple of this, then to a power-of-two count
+  packed_len: int | None = None  # tokens per packed group under prefix sharing
+  seq_multiple: int = 64  # sequence lengths are a multiple of this times a `fine_bucket` count
 
 
-def _seq_bucket(n: int, multiple: int) -> int:
-  return bucket(-(-n // multiple)) * multiple
+def seq_bucket(n: int, multiple: int = BatchShape.seq_multiple) -> int:
+  """A sequence (or packed group) length: a multiple of `multiple` times a `fine_bucket` count."""
+  return fine_bucket(-(-n // multiple)) * multiple
+
+
+def packed_length(rows: Sequence[Row], rows_per_group: int, image_token_id: int) -> int:
+  """Tokens of the longest group of `rows` packed by `shared_prefix.pack` (which finds the same common prefixes
+  from image slots: two rows' image tokens are the same exactly when they show the same image of the table)."""
+  longest = 0
+  for g in range(0, len(rows), rows_per_group):
+    group = rows[g:g + rows_per_group]
+    seq = max(len(r.tokens) for r in group)
+    ids = np.zeros((len(group), seq), np.int32)
+    images = np.full((len(group), seq), -1, np.int32)
+    for i, r in enumerate(group):
+      ids[i, :len(r.tokens)] = r.tokens
+      for (start, end), image in zip(vision_layout.image_runs(np.asarray(r.tokens), image_token_id), r.images):
+        images[i, start:end] = image
+    _, first = shared_prefix.group_layout(ids, images, np.array([len(r.tokens) for r in group]))
+    longest = max(longest, len(first))
+  return longest
 
 
 def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mode: str,
-            shape: BatchShape = BatchShape(), pad_id: int = 0) -> dict[str, Any]:
-  """NumPy arrays for `RewardModel.__call__`: {"batch", "reward_index", "dimension", "row_valid"}."""
+            shape: BatchShape = BatchShape(), pad_id: int = 0, prefix_groups: int | None = None) -> dict[str, Any]:
+  """NumPy arrays for `RewardModel.__call__`: {"batch", "reward_index", "dimension", "row_valid"}.
+
+  With `prefix_groups` = n, consecutive groups of n rows (a pair's 4, an edit's 2) compute their common prefixes
+  once (`shared_prefix.pack`); the outputs are the same.
+  """
   images = table.images
   n_rows = shape.rows or bucket(len(rows))
-  seq_len = shape.seq_len or _seq_bucket(max(len(r.tokens) for r in rows), shape.seq_multiple)
+  seq_len = shape.seq_len or seq_bucket(max(len(r.tokens) for r in rows), shape.seq_multiple)
   grids = np.array([im.grid_thw for im in images], np.int64).reshape(-1, 3)
   pixels = np.concatenate([im.pixel_values for im in images]) if images else None
   vision_buckets = {}
@@ -92,13 +125,16 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
     units = int(sum(h * w for _, h, w in grids)) // cfg.vision.merge_unit
     vision_buckets = {
         "images_bucket": [shape.images or bucket(len(images))],
-        "windows_bucket": [shape.windows or bucket(windows)],
-        "patches_bucket": [shape.patches or bucket(max_patches)],
-        "units_bucket": [shape.units or bucket(units)],
+        "windows_bucket": [shape.windows or fine_bucket(windows)],
+        "patches_bucket": [shape.patches or fine_bucket(max_patches)],
+        "units_bucket": [shape.units or fine_bucket(units)],
     }
   batch = inputs.make_batch([r.tokens for r in rows], cfg, pixel_values=pixels, image_grid_thw=grids,
                             image_refs=[list(r.images) for r in rows], rope_mode=rope_mode, seq_len=seq_len,
                             num_rows=n_rows, pad_id=pad_id, vision_buckets=vision_buckets, pixel_table=PIXEL_TABLE)
+  if prefix_groups:
+    batch = shared_prefix.pack(batch, prefix_groups, shape.packed_len,
+                               bucket=lambda n: seq_bucket(n, shape.seq_multiple))
   reward_index = np.zeros(n_rows, np.int32)
   dimension = np.zeros(n_rows, np.int32)
   valid = np.zeros(n_rows, bool)
@@ -107,7 +143,8 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
   return {"batch": batch, "reward_index": reward_index, "dimension": dimension, "row_valid": valid}
 
 
-_ROW_ARRAYS = ("input_ids", "lengths", "image_slots")  # [rows, ...] in "batch"; position_ids is [3, rows, seq]
+# [rows or groups, ...] in "batch" (the layout's indices are group-local); position_ids is [3, rows or groups, seq]
+_ROW_ARRAYS = ("input_ids", "lengths", "image_slots")
 _ROW_FIELDS = ("reward_index", "dimension", "row_valid")
 
 
@@ -121,7 +158,7 @@ def stack_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
   def shapes(shard):
     b = shard["batch"]
     vision = b["vision"] or {}
-    return {**{k: np.shape(b[k]) for k in _ROW_ARRAYS + ("position_ids",)},
+    return {**{k: np.shape(b[k]) for k in _ROW_ARRAYS + ("position_ids",) + _layout_keys(b)},
             **{k: np.shape(shard[k]) for k in _ROW_FIELDS}, **{f"vision/{k}": np.shape(v) for k, v in vision.items()}}
 
   want = shapes(shards[0])
@@ -129,11 +166,15 @@ def stack_shards(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if shapes(shard) != want:
       raise ValueError(f"batch shard {i} has shapes {shapes(shard)}, shard 0 has {want}: collate every shard of a "
                        "batch with one BatchShape")
-  batch = {k: _concatenate([s["batch"][k] for s in shards]) for k in _ROW_ARRAYS}
+  batch = {k: _concatenate([s["batch"][k] for s in shards]) for k in _ROW_ARRAYS + _layout_keys(shards[0]["batch"])}
   batch["position_ids"] = _concatenate([s["batch"]["position_ids"] for s in shards], axis=1)
   visions = [s["batch"]["vision"] for s in shards]
   batch["vision"] = None if visions[0] is None else {k: stack([v[k] for v in visions]) for k in visions[0]}
   return {"batch": batch, **{k: _concatenate([s[k] for s in shards]) for k in _ROW_FIELDS}}
+
+
+def _layout_keys(batch: dict[str, Any]) -> tuple[str, ...]:
+  return shared_prefix.LAYOUT_KEYS if "row_tokens" in batch else ()
 
 
 def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from editreward_jax.models import shared_prefix
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.models.qwen2_5_vl import Qwen25VL, RuntimeOptions
 from editreward_jax.prompts import DIMENSIONS
@@ -78,11 +79,16 @@ class RewardModel(nnx.Module):
                dropout_key: jax.Array | None = None) -> jax.Array:
     """[R, 2] (mu, log_sigma) of every row from its dimension's head.
 
-    batch: `Qwen25VL.__call__` keyword arguments for R rows; reward_index [R]: position of `<|Reward|>` per row;
+    batch: `Qwen25VL.__call__` keyword arguments for R rows (packed or not); reward_index [R]: position of
+    `<|Reward|>` in each standalone row;
     dimension [R]: index into `DIMENSIONS` per row; dropout_key: given in training only.
     """
     hidden = self.backbone(**batch)
-    h = jnp.take_along_axis(hidden, reward_index[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    if batch.get("row_tokens") is None:
+      h = jnp.take_along_axis(hidden, reward_index[:, None, None], axis=1)[:, 0]
+    else:  # packed groups (shared_prefix.py)
+      h = shared_prefix.at_positions(hidden, batch["row_tokens"], reward_index)
+    h = h.astype(jnp.float32)
     keys = [None] * len(DIMENSIONS) if dropout_key is None else list(jax.random.split(dropout_key, len(DIMENSIONS)))
     outputs = jnp.stack([self.heads[d](h, k) for d, k in zip(DIMENSIONS, keys)], axis=1)  # [R, num_dims, 2]
     return jnp.take_along_axis(outputs, dimension[:, None, None], axis=1)[:, 0]

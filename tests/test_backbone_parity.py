@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from editreward_jax.models import inputs, vision_layout
+from editreward_jax.models import inputs, shared_prefix, vision_layout
 
 pytest.importorskip("torch")  # what follows needs PyTorch: without it the module is skipped, not an error
 import torch
@@ -75,6 +75,28 @@ def test_padded_batch(tiny_torch, tiny_jax, mode):
   rows = [[1, 2] + image_tokens(tuple(GRIDS[1])) + TEXT,
           [4] + image_tokens(tuple(GRIDS[0])) + TEXT[:4]]
   check(tiny_torch, tiny_jax, rows, mode, random_pixels(GRIDS[::-1], seed=3), GRIDS[::-1])
+
+
+@pytest.mark.parametrize("mode", ["sequential", "mrope"])
+def test_shared_prefixes_computed_once(tiny_torch, tiny_jax, mode):
+  """Groups of two rows sharing text and images (the second group also sharing an image of another size), packed
+  by shared_prefix: every row's hidden states and logits as transformers computes the full rows."""
+  a = [1, 2] + image_tokens(tuple(GRIDS[0])) + [9, 8] + image_tokens(tuple(GRIDS[1]))
+  b = [4] + image_tokens(tuple(GRIDS[1]))
+  rows = [a + TEXT, a + TEXT[:3] + [77, 78], b + TEXT[:4], b + [6] + image_tokens(tuple(GRIDS[0])) + TEXT]
+  refs = [[0, 1], [0, 1], [1], [1, 0]]
+  pixels = random_pixels(GRIDS, seed=4)
+  offsets = np.concatenate([[0], np.cumsum(np.prod(GRIDS, axis=1))])
+  shown = [i for r in refs for i in r]
+  h_ref, l_ref, mask = torch_forward(tiny_torch, rows, pixel_values=np.concatenate(
+      [pixels[offsets[i]:offsets[i + 1]] for i in shown]), image_grid_thw=GRIDS[shown], mode=mode)
+  batch = shared_prefix.pack(inputs.make_batch(rows, tiny_jax.cfg, pixel_values=pixels, image_grid_thw=GRIDS,
+                                               image_refs=refs, rope_mode=mode), 2)
+  assert shared_prefix.packed_tokens(batch) < sum(map(len, rows)) - len(a)  # both groups share
+  hidden, logits = _forward(tiny_jax, jax.tree.map(jax.numpy.asarray, batch))
+  to_rows = lambda x: np.asarray(shared_prefix.to_rows(x, jax.numpy.asarray(batch["row_tokens"])))
+  assert_close(to_rows(hidden), h_ref, mask, "hidden states")
+  assert_close(to_rows(logits), l_ref, mask, "logits")
 
 
 def test_vision_tower_alone(tiny_torch, tiny_jax):

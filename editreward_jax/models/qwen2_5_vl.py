@@ -78,10 +78,13 @@ class Qwen25VL(nnx.Module):
     return sharding.constrain(feats.astype(self.dtype), ("batch_shards", None, "embed_act"))
 
   def __call__(self, input_ids: jax.Array, lengths: jax.Array, position_ids: jax.Array,
-               image_slots: jax.Array | None = None, vision: Mapping[str, jax.Array] | None = None) -> jax.Array:
-    """Final normed hidden states [B, L, D]."""
+               image_slots: jax.Array | None = None, vision: Mapping[str, jax.Array] | None = None,
+               row_tokens: jax.Array | None = None, token_rows: jax.Array | None = None) -> jax.Array:
+    """Final normed hidden states [B, L, D]; in the packed layout of `shared_prefix` ([G, Lu, D]) when the batch
+    carries one (`row_tokens`, `token_rows`)."""
     x = self.embed(input_ids, image_slots, vision)
-    return self.decoder(x, position_ids, lengths)
+    layout = None if row_tokens is None else (row_tokens, token_rows)
+    return self.decoder(x, position_ids, lengths, layout)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]

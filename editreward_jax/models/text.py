@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from editreward_jax import sharding
-from editreward_jax.models import attention, layers, scan
+from editreward_jax.models import attention, layers, scan, shared_prefix
 from editreward_jax.models.config import TextConfig
 
 
@@ -38,11 +38,16 @@ class TextAttention(nnx.Module):
     self.v_proj = layers.Linear(d, (kv, hd), ("embed", "kv_heads", "head_dim"), use_bias=True, **kw)
     self.o_proj = layers.Linear((h, hd), d, ("q_heads", "head_dim", "embed"), use_bias=False, **kw)
 
-  def __call__(self, x, cos, sin, lengths, implementation):
+  def __call__(self, x, cos, sin, lengths, implementation, layout=None):
     q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, L, heads, head_dim]
     q = layers.apply_rotary(q, cos, sin)
     k = layers.apply_rotary(k, cos, sin)
-    return self.o_proj(attention.attend(q, k, v, lengths, causal=True, implementation=implementation))
+    if layout is None:
+      return self.o_proj(attention.attend(q, k, v, lengths, causal=True, implementation=implementation))
+    row_tokens, token_rows = layout  # packed x: attention on the standalone rows, then back (shared_prefix.py)
+    q, k, v = (shared_prefix.to_rows(t, row_tokens) for t in (q, k, v))
+    out = attention.attend(q, k, v, lengths, causal=True, implementation=implementation)
+    return self.o_proj(shared_prefix.to_packed(out, token_rows))
 
 
 class DecoderLayer(nnx.Module):
@@ -55,8 +60,8 @@ class DecoderLayer(nnx.Module):
     self.mlp = layers.GatedMLP(d, cfg.intermediate_size, cfg.hidden_act, ("embed", "mlp"), use_bias=False,
                                init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x, cos, sin, lengths, implementation):
-    x = x + self.self_attn(self.input_layernorm(x), cos, sin, lengths, implementation)
+  def __call__(self, x, cos, sin, lengths, implementation, layout=None):
+    x = x + self.self_attn(self.input_layernorm(x), cos, sin, lengths, implementation, layout)
     x = x + self.mlp(self.post_attention_layernorm(x))
     return sharding.constrain(x, ("batch", "seq", "embed_act"))
 
@@ -75,14 +80,19 @@ class TextDecoder(nnx.Module):
                                   cfg.num_hidden_layers, "layers", rngs)
     self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "norm", param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, position_ids: jax.Array, lengths: jax.Array) -> jax.Array:
-    """x [B, L, D] embeddings; position_ids [3, B, L]; lengths [B] valid (right-padded) tokens per row."""
+  def __call__(self, x: jax.Array, position_ids: jax.Array, lengths: jax.Array,
+               layout: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """x [B, L, D] embeddings; position_ids [3, B, L]; lengths [B] valid (right-padded) tokens per row.
+
+    With `layout` = (row_tokens, token_rows), x and position_ids are packed groups [G, Lu] and lengths are the
+    standalone rows' (shared_prefix.py); the result is packed too.
+    """
     x = sharding.constrain(x.astype(self.dtype), ("batch", "seq", "embed_act"))
     cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)
     impl = self.attention_impl
 
     def body(layer, h, _):
-      return layer(h, cos, sin, lengths, impl)
+      return layer(h, cos, sin, lengths, impl, layout)
 
     x = scan.run_stack(self.layers, x, None, body, self.remat)
     return self.norm(x)
