@@ -27,7 +27,8 @@ def base_config(preset: str, base: str = "") -> ml_collections.ConfigDict:
   c.data.tie_weight = 1.0  # loss weight of each pair made from a tie
   c.data.bad_rows = "raise"  # raise | skip (counted and logged)
   c.data.seq_buckets = (768, 1024, 1280, 1536, 2048)  # padded sequence lengths; the largest is the budget
-  c.data.patch_buckets = ()  # vision patch slots per batch shard; () = next power of two of the windows
+  c.data.patch_buckets = ()  # vision patch slots per batch shard; () = the windows rounded (4 sizes per octave)
+  c.data.packed_buckets = ()  # packed tokens per pair under prefix sharing; () = rounded like sequences
   c.data.min_pixels = 200704  # smart_resize bounds: 448x448, 256 tokens per image, as the reference
   c.data.max_pixels = 200704
   c.data.prompts_file = ""  # rubric prompts file; "" = the one the base model records (else the project's)
@@ -72,6 +73,7 @@ def base_config(preset: str, base: str = "") -> ml_collections.ConfigDict:
   c.runtime.param_dtype = "float32"  # master weights and optimizer state
   c.runtime.remat = "dots_no_batch"  # none | full | dots | dots_no_batch
   c.runtime.attention = "xla"  # xla | cudnn (GPU)
+  c.runtime.prefix_sharing = True  # a pair's common prefixes (system turn, images) through the decoder once: exact
   c.runtime.peak_tflops = 0.0  # per-device peak for the MFU metric (e.g. 989 for H100 bf16 dense); 0 = not shown
 
   c.mesh = ml_collections.ConfigDict()

@@ -92,6 +92,8 @@ class PipelineConfig:
   seq_buckets: tuple[int, ...] = (512, 1024, 1536, 2048)    # padded sequence lengths; the largest is the budget
   patch_buckets: tuple[int, ...] = ()                       # vision patch slots per shard; () = next power of two
   fixed_shapes: bool = False                                # every batch the largest buckets (multi-host runs)
+  prefix_sharing: bool = False                              # a pair's common prefixes computed once (exact)
+  packed_buckets: tuple[int, ...] = ()                      # packed tokens per pair with sharing; () = rounded
   tie_policy: str = "duplicate"                             # pairs.TIE_POLICIES
   tie_weight: float = 1.0                                   # pair_weight of each pair made from a tie
   bad_rows: str = "raise"                                   # row_checks.BAD_ROW_POLICIES
@@ -113,7 +115,7 @@ class PipelineConfig:
     if self.shards < 1 or self.batch_pairs % self.shards:
       raise ValueError(f"batch_pairs {self.batch_pairs} must be a positive multiple of shards {self.shards} (each "
                        "batch shard holds batch_pairs / shards pairs)")
-    for name in ("seq_buckets", "patch_buckets"):
+    for name in ("seq_buckets", "patch_buckets", "packed_buckets"):
       values = getattr(self, name)
       if any(v < 1 for v in values) or list(values) != sorted(set(values)):
         raise ValueError(f"{name} must be positive and strictly increasing, got {values}")
@@ -121,6 +123,8 @@ class PipelineConfig:
       raise ValueError("seq_buckets must name at least one sequence length")
     if self.fixed_shapes and not self.patch_buckets:
       raise ValueError("fixed_shapes needs patch_buckets: every batch is padded to the largest of them")
+    if self.fixed_shapes and self.prefix_sharing and not self.packed_buckets:
+      raise ValueError("fixed_shapes with prefix_sharing needs packed_buckets: every pair is padded to the largest")
     pairs.validate_tie_policy(self.tie_policy)
     if self.bad_rows not in row_checks.BAD_ROW_POLICIES:
       raise ValueError(f"unknown bad-row policy {self.bad_rows!r}; known: {list(row_checks.BAD_ROW_POLICIES)}")
@@ -296,6 +300,7 @@ class _Collate:
     self.model_cfg, self.rope_mode, self.pad_id = model_cfg, rope_mode, pad_id
     self.batch_pairs, self.shards, self.tie_weight = config.batch_pairs, config.shards, config.tie_weight
     self.seq_buckets, self.patch_buckets, self.fixed = config.seq_buckets, config.patch_buckets, config.fixed_shapes
+    self.packed_buckets = config.packed_buckets if config.prefix_sharing else None
     v = model_cfg.vision
     self.window_patches = v.window_units**2 * v.merge_unit
     self.merge_unit = v.merge_unit
@@ -304,12 +309,26 @@ class _Collate:
   def _patch_slots(self, windows: int) -> int:
     """Vision patch slots of every shard, for `windows`, the most attention windows any shard needs."""
     if not self.patch_buckets:
-      return batching.bucket(windows) * self.window_patches
+      return batching.fine_bucket(windows) * self.window_patches
     needed = windows * self.window_patches
     if needed > self.patch_buckets[-1]:
       raise ValueError(f"a batch shard needs {needed} vision patch slots, more than the largest patch bucket "
                        f"{self.patch_buckets[-1]}: add a larger bucket or lower max_pixels")
     return self.patch_buckets[-1] if self.fixed else vision_layout.pad_to(needed, self.patch_buckets)
+
+  def _packed_len(self, shards) -> int | None:
+    """Packed tokens per pair, common to the K shards (None without prefix sharing)."""
+    if self.packed_buckets is None:
+      return None
+    if self.fixed:
+      return self.packed_buckets[-1]
+    longest = max(batching.packed_length(rows, ROWS_PER_PAIR, self.model_cfg.image_token_id) for rows, _ in shards)
+    if not self.packed_buckets:
+      return batching.seq_bucket(longest)
+    if longest > self.packed_buckets[-1]:
+      raise ValueError(f"a pair packs to {longest} tokens, more than the largest packed bucket "
+                       f"{self.packed_buckets[-1]}")
+    return vision_layout.pad_to(longest, self.packed_buckets)
 
   @staticmethod
   def _shard_rows(found: Sequence[_ProcessedPair]) -> tuple[list[batching.Row], batching.ImageTable]:
@@ -333,9 +352,12 @@ class _Collate:
     largest_image = max(int(h * w) for g in grids for _, h, w in g)
     shape = batching.BatchShape(rows=ROWS_PER_PAIR * per_shard, seq_len=seq_len, images=PAIR_IMAGES * per_shard,
                                 windows=slots // self.window_patches, units=slots // self.merge_unit,
-                                patches=self.image_patches or batching.bucket(largest_image))
+                                patches=self.image_patches or batching.fine_bucket(largest_image),
+                                packed_len=self._packed_len(shards))
+    groups = None if self.packed_buckets is None else ROWS_PER_PAIR
     out = batching.stack_shards([batching.collate(rows, table, self.model_cfg, rope_mode=self.rope_mode,
-                                                  shape=shape, pad_id=self.pad_id) for rows, table in shards])
+                                                  shape=shape, pad_id=self.pad_id, prefix_groups=groups)
+                                 for rows, table in shards])
     n = len(found)
     labels = np.zeros((p, len(pairs.DIMENSIONS)), np.int32)
     weight = np.zeros(p, np.float32)

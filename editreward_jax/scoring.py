@@ -39,8 +39,8 @@ def _forward(model: RewardModel, arrays: dict[str, Any]) -> jax.Array:
 class Scorer:
 
   def __init__(self, model: RewardModel, processor: processing.Processor, *, rope_mode: str, fusion: str,
-               batch_size: int = 8, dedup: bool = True, mesh=None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-               max_image_pixels: int = row_checks.MAX_IMAGE_PIXELS, min_image_side: int = row_checks.MIN_IMAGE_SIDE):
+               batch_size: int = 8, dedup: bool = True, prefix_sharing: bool = True, mesh=None,
+               max_seq_len: int = DEFAULT_MAX_SEQ_LEN, max_image_pixels: int = row_checks.MAX_IMAGE_PIXELS, min_image_side: int = row_checks.MIN_IMAGE_SIDE):
     if rope_mode not in positions.ROPE_MODES:
       raise ValueError(f"unknown rope mode {rope_mode!r}; choose one of {positions.ROPE_MODES}")
     if fusion not in FUSIONS:
@@ -49,6 +49,7 @@ class Scorer:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.model, self.processor = model, processor
     self.rope_mode, self.fusion, self.batch_size, self.dedup = rope_mode, fusion, batch_size, dedup
+    self.prefix_sharing = prefix_sharing  # an edit's two rubric rows compute their common prefix once (exact)
     self.mesh = mesh  # parameters sharded over it (load_scorer); activations follow the sharding table
     self.max_seq_len, self.max_image_pixels, self.min_image_side = max_seq_len, max_image_pixels, min_image_side
     self.pad_id = processor.tokenizer.pad_token_id or 0
@@ -58,8 +59,9 @@ class Scorer:
     table = batching.ImageTable(self.dedup)
     rows = [r for ex in examples for r in batching.edit_rows(ex, table)]
     shape = batching.BatchShape(rows=2 * batch_size, images=2 * batch_size)
+    groups = len(DIMENSIONS) if self.prefix_sharing else None
     return batching.stack_shards([batching.collate(rows, table, self.model.cfg, rope_mode=self.rope_mode, shape=shape,
-                                                   pad_id=self.pad_id)])  # one shard: the training batch format
+                                                   pad_id=self.pad_id, prefix_groups=groups)])  # one shard
 
   def _process(self, batch_size, indices, instructions, sources, edits, where, skip: bool):
     """(arrays, indices of the edits kept, [(index, message)] of those skipped): with `skip`, an edit whose image
@@ -153,7 +155,7 @@ class Scorer:
 
 def load_scorer(checkpoint: str, *, prompts: str | Prompts | None = None, rope_mode: str | None = None,
                 fusion: str | None = None, options: RuntimeOptions | None = None, batch_size: int = 8,
-                dedup: bool = True, param_dtype: str | None = None, mesh=None,
+                dedup: bool = True, prefix_sharing: bool = True, param_dtype: str | None = None, mesh=None,
                 max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> Scorer:
   """A Scorer for a CKPT (model directory, training workdir or step); `prompts` / `rope_mode` / `fusion` override
   what the checkpoint records. `param_dtype` (e.g. "bfloat16": half the memory) overrides `options.param_dtype`;
@@ -176,5 +178,5 @@ def load_scorer(checkpoint: str, *, prompts: str | Prompts | None = None, rope_m
                                    merge_size=meta.model.vision.spatial_merge_size,
                                    temporal_patch_size=meta.model.vision.temporal_patch_size, **meta.pixels())
   return Scorer(model, processor, rope_mode=rope_mode or meta.settings.get("rope_mode", "sequential"),
-                fusion=fusion or meta.settings.get("fusion", "mean"), batch_size=batch_size, dedup=dedup, mesh=mesh,
-                max_seq_len=max_seq_len)
+                fusion=fusion or meta.settings.get("fusion", "mean"), batch_size=batch_size, dedup=dedup,
+                prefix_sharing=prefix_sharing, mesh=mesh, max_seq_len=max_seq_len)

@@ -27,6 +27,7 @@ def config():
   c.data.min_pixels = c.data.max_pixels = 56 * 56
   c.data.patch_buckets = (96,)  # 6 images of 16 patches per process: the fixed shape every process agrees on
   c.data.seq_buckets = (128,)
+  c.data.packed_buckets = (256,)  # a pair's 4 rows with their common prefixes once
   c.data.prefetch = 0
   c.data.eval_split = ""
   c.train.steps = STEPS

@@ -88,6 +88,21 @@ def test_sharded_batches_give_the_one_shard_outputs(rows, tokenizer):
                                rtol=0, err_msg=f"shards={shards}")
 
 
+def test_prefix_sharing_gives_the_same_outputs_on_every_shard_count(rows, tokenizer):
+  """The pipeline's packed batches (a pair's common prefixes once) score every row as the standalone rows do."""
+  model = RewardModel(TINY, rngs=nnx.Rngs(0))
+  want = forward_valid_rows(model, batches(rows, tokenizer, shards=1))
+  for shards in (1, 2):
+    found = batches(rows, tokenizer, shards=shards, prefix_sharing=True)
+    packed = found[0]["batch"]
+    assert packed["input_ids"].shape[0] == CONFIG.batch_pairs and packed["row_tokens"].shape[0] == 4 * CONFIG.batch_pairs
+    np.testing.assert_allclose(forward_valid_rows(model, found), want, atol=1e-5, rtol=0, err_msg=f"shards={shards}")
+  fixed = batches(rows, tokenizer, shards=2, prefix_sharing=True, fixed_shapes=True, packed_buckets=(1200, 1400))
+  assert {b["batch"]["input_ids"].shape for b in fixed} == {(CONFIG.batch_pairs, 1400)}
+  with pytest.raises(ValueError, match="more than the largest packed bucket 20"):
+    batches(rows, tokenizer, prefix_sharing=True, packed_buckets=(20,))
+
+
 def shapes(batch: dict) -> dict:
   model_in = batch["batch"]
   return {**{k: model_in[k].shape for k in ("input_ids", "position_ids")},

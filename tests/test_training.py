@@ -178,6 +178,11 @@ def test_train_flops_follow_the_documented_formula():
   batch = {"batch": {"lengths": lengths, "vision": None}}
   assert flops.forward_flops(cfg, head, batch) == pytest.approx(want + 2 * per_head * 2 * 2)
   assert flops.train_flops(cfg, head, batch) == pytest.approx(3 * flops.forward_flops(cfg, head, batch))
+  # Prefix sharing: the dense layers run on the 12 packed tokens, attention still on the rows of 10 and 7.
+  packed = {"batch": {"lengths": lengths, "vision": None, "token_rows": np.array([[0, 1, 2] + list(range(4, 13)) +
+                                                                                    [-1] * 4])}}
+  want_packed = want - t.num_hidden_layers * dense * (17 - 12)
+  assert flops.forward_flops(cfg, head, packed) == pytest.approx(want_packed + 2 * per_head * 2 * 2)
   # Vision: one image of 16 patches in one window; full and window blocks then cost the same attention.
   c = v.hidden_size
   one_block = 2 * (4 * c * c + 3 * c * v.intermediate_size) * 16 + 4 * c * 16**2

@@ -97,6 +97,7 @@ class DataSection:
   bad_rows: BadRows
   seq_buckets: tuple[int, ...]
   patch_buckets: tuple[int, ...]
+  packed_buckets: tuple[int, ...]
   min_pixels: int
   max_pixels: int
   prompts_file: str            # "" = the rubric the base model records, else the project's default
@@ -195,6 +196,7 @@ class RuntimeSection:
   param_dtype: DType           # master weights
   remat: Remat
   attention: Attention
+  prefix_sharing: bool         # each pair's common prefixes through the decoder once (exact; False: 4 full rows)
   peak_tflops: float           # per-device peak for MFU; 0 = not reported
 
   def validate(self) -> RuntimeSection:
@@ -232,7 +234,7 @@ class TrainConfig:
 _SECTIONS = {"model": ModelSection, "data": DataSection, "optimizer": OptimizerSection, "train": TrainSection,
              "runtime": RuntimeSection, "mesh": MeshSection}
 _PATHS = {("model", "base"), ("model", "tokenizer"), ("data", "data_dir"), ("data", "prompts_file")}
-_TUPLES = {("data", "seq_buckets"), ("data", "patch_buckets")}
+_TUPLES = {("data", "seq_buckets"), ("data", "patch_buckets"), ("data", "packed_buckets")}
 
 
 def _section(name: str, cls, values: Mapping[str, Any]):

@@ -1,10 +1,11 @@
 """Executed model FLOPs of a batch, for throughput and MFU (model FLOPs utilisation) figures.
 
 What is counted, per forward (a multiply-add is 2 FLOPs), on the tokens actually computed (real tokens of every row,
-real patches of every encoded image; padding is not counted) and the images actually encoded:
+or with prefix sharing every packed token, each shared prefix once; real patches of every encoded image; padding is
+not counted) and the images actually encoded:
 - decoder dense layers: 2 x (q, k, v, o and the three MLP matrices' parameters) x tokens, per layer;
 - decoder attention: 2 x T^2 x heads x head_dim per layer and row of T tokens (causal: half of the full
-  4 x T^2 x heads x head_dim of QK^T and PV);
+  4 x T^2 x heads x head_dim of QK^T and PV); with prefix sharing attention still runs on every standalone row;
 - vision tower: patch embedding 2 x patch_dim x hidden per patch; per block 2 x (qkv, proj, MLP parameters) x
   patches, and attention 4 x hidden x (sum over windows of length^2) in window blocks, 4 x hidden x (sum over images
   of patches^2) in full-attention blocks; the merger's two matrices per merged token;
@@ -19,18 +20,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from editreward_jax.models import shared_prefix
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.prompts import DIMENSIONS
 from editreward_jax.reward import HeadConfig
 
 
-def decoder_flops(cfg: ModelConfig, lengths: np.ndarray) -> float:
+def decoder_flops(cfg: ModelConfig, lengths: np.ndarray, dense_tokens: float | None = None) -> float:
+  """Rows of `lengths` tokens; `dense_tokens` (default: their sum) go through the dense layers."""
   t = cfg.text
   hd = t.head_dim
   dense = t.hidden_size * hd * (2 * t.num_attention_heads + 2 * t.num_key_value_heads) + 3 * t.hidden_size * \
       t.intermediate_size
   lengths = np.asarray(lengths, np.float64)
-  per_layer = 2.0 * dense * lengths.sum() + 2.0 * (lengths**2).sum() * t.num_attention_heads * hd
+  dense_tokens = lengths.sum() if dense_tokens is None else dense_tokens
+  per_layer = 2.0 * dense * dense_tokens + 2.0 * (lengths**2).sum() * t.num_attention_heads * hd
   return per_layer * t.num_hidden_layers
 
 
@@ -57,7 +61,8 @@ def forward_flops(cfg: ModelConfig, head: HeadConfig, batch: Mapping[str, Any]) 
   """Executed forward FLOPs of one collated batch (NumPy arrays as the pipeline gives them)."""
   model_in = batch["batch"]
   lengths = np.asarray(model_in["lengths"])
-  total = decoder_flops(cfg, lengths) + head_flops(cfg, head, int(np.sum(lengths > 0)))
+  total = decoder_flops(cfg, lengths, shared_prefix.packed_tokens(model_in)) + \
+      head_flops(cfg, head, int(np.sum(lengths > 0)))
   vision = model_in.get("vision")
   if vision is not None:
     total += vision_flops(cfg, vision["window_lengths"], vision["image_lengths"])

@@ -51,9 +51,13 @@ def pipeline_config(config: TrainConfig, mesh, *, training: bool) -> pipeline.Pi
                       f"must split evenly over the mesh's {batch_shards} batch shards (data x fsdp), which must "
                       f"split over {processes} processes")
   d = config.data
+  if processes > 1 and config.runtime.prefix_sharing and not d.packed_buckets:
+    raise ConfigError("config.data.packed_buckets: a multi-process run pads every pair to one fixed packed length "
+                      "(the largest packed bucket); set it, or config.runtime.prefix_sharing=False")
   return pipeline.PipelineConfig(
       batch_pairs=micro // processes, shards=batch_shards // processes, seq_buckets=d.seq_buckets,
-      patch_buckets=d.patch_buckets, tie_policy=str(d.tie_policy) if training else "duplicate",
+      patch_buckets=d.patch_buckets, prefix_sharing=config.runtime.prefix_sharing, packed_buckets=d.packed_buckets,
+      tie_policy=str(d.tie_policy) if training else "duplicate",
       tie_weight=d.tie_weight, bad_rows=str(d.bad_rows), min_pixels=d.min_pixels, max_pixels=d.max_pixels,
       workers=d.workers if training else 0, read_threads=d.read_threads, prefetch=d.prefetch,
       seed=config.train.seed, shuffle=training, num_epochs=None if training else 1,
