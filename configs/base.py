@@ -72,7 +72,7 @@ def base_config(preset: str, base: str = "") -> ml_collections.ConfigDict:
   c.runtime.dtype = "bfloat16"  # compute dtype
   c.runtime.param_dtype = "float32"  # master weights and optimizer state
   c.runtime.remat = "dots_no_batch"  # none | full | dots | dots_no_batch
-  c.runtime.attention = "xla"  # xla | cudnn (GPU)
+  c.runtime.attention = "xla"  # xla | cudnn (GPU) | splash (TPU)
   c.runtime.prefix_sharing = True  # a pair's common prefixes (system turn, images) through the decoder once: exact
   c.runtime.peak_tflops = 0.0  # per-device peak for the MFU metric (e.g. 989 for H100 bf16 dense); 0 = not shown
 

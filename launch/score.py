@@ -22,6 +22,7 @@ from absl import app, flags
 
 from data.readers import ScoringSource, iter_json_rows
 from editreward_jax import cli, paths
+from editreward_jax.models.attention import IMPLEMENTATIONS
 from editreward_jax.models.positions import ROPE_MODES
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.reward import FUSIONS
@@ -36,7 +37,7 @@ flags.DEFINE_enum("rope_mode", None, list(ROPE_MODES), "Override the checkpoint'
 flags.DEFINE_enum("fusion", None, list(FUSIONS), "Override the checkpoint's fusion of the two dimensions.")
 flags.DEFINE_integer("batch_size", 8, "Edits per forward pass.", lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "Attention kernel (cudnn: GPU only).")
+flags.DEFINE_enum("attention_impl", "xla", list(IMPLEMENTATIONS), "Attention kernel (cudnn: GPU; splash: TPU).")
 flags.DEFINE_integer("max_seq_len", DEFAULT_MAX_SEQ_LEN, "Longest prompt in tokens; a longer one is a bad row.",
                      lower_bound=16)
 flags.DEFINE_enum("bad_rows", "raise", list(BAD_ROWS), "raise: stop at a bad row (malformed, or an image or prompt "
