@@ -16,6 +16,7 @@ from flax import nnx
 from configs.presets import TINY
 from data.editreward_demo import generate_rows
 from editreward_jax import batching, pairs, pipeline, processing, prompts, sharding
+from editreward_jax.models import vision_layout
 from editreward_jax.reward import RewardModel
 from subprocess_run import run_report
 
@@ -180,3 +181,13 @@ def test_eight_devices_each_batch_group_encodes_only_its_own_images():
   assert report["old"]["patch_embed_rows"] == [report["flat_slots"]]
   assert report["flat_slots"] > report["slots"] and report["old_max_abs_diff"] <= 1e-5
   assert "batch/vision/pixels" in report["indivisible_error"] and "data=2 x fsdp=2" in report["indivisible_error"]
+
+
+def test_buckets_have_four_sizes_per_octave():
+  """At most 25% padding: 695 tokens pad to 768 (not 1024), the 96 windows of six 448x448 images stay 96."""
+  assert [batching.fine_bucket(n) for n in (1, 4, 5, 8, 9, 11, 17, 96, 97, 129)] == [1, 4, 5, 8, 10, 12, 20, 96, 112,
+                                                                                    160]
+  assert batching.seq_bucket(695) == 768 and batching.seq_bucket(1448) == 1536
+  assert all(n <= batching.fine_bucket(n) <= 1.25 * n + 1 for n in range(1, 3000))
+  vision = dataclasses.replace(TINY.vision, window_size=112)  # the released models' 8x8-patch windows
+  assert batching.fine_bucket(vision_layout.num_windows(np.tile([1, 32, 32], (6, 1)), vision)) == 96
