@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -9,6 +14,7 @@ from absl.testing import flagsaver
 from launch import bench
 
 FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(shape="tiny", image_px=56, text_tokens=20, steps=2, warmup=1, pairs_per_step=2, edits_per_step=2)
 
 
@@ -63,3 +69,29 @@ def test_flops_only_7b_vision_term_by_hand():
 def test_large_shape_refused_on_cpu():
   with flagsaver.flagsaver(shape="7b", mode="score"), pytest.raises(ValueError, match="--flops_only"):
     bench.measure("jax")
+
+
+def test_prefix_sharing_computes_fewer_flops():
+  with flagsaver.flagsaver(mode="score", prefix_sharing=True, **TINY):
+    shared = bench.measure("jax")
+  with flagsaver.flagsaver(mode="score", flops_only=True, **TINY):
+    plain = bench.measure("jax")
+  check(shared, "edit")
+  assert shared["prefix_sharing"] and shared["gflops_per_edit"] < plain["gflops_per_edit"]
+
+
+def test_both_flops_only_command(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  run = subprocess.run([sys.executable, "-m", "launch.bench", "--shape=small", "--mode=train", "--impl=both",
+                        "--flops_only", f"--out={out}"], capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  lines = [json.loads(line) for line in run.stdout.strip().splitlines()]
+  assert [r["impl"] for r in lines] == ["jax", "torch", "jax/torch"]
+  assert lines[2]["gflops_per_pair"] == pytest.approx(lines[0]["flop_ratio"]) and lines[2]["gflops_per_pair"] < 1
+  assert out.read_text().splitlines() == run.stdout.strip().splitlines()
+
+
+def test_bad_flag_is_one_line():
+  run = subprocess.run([sys.executable, "-m", "launch.bench", "--image_px=50", "--flops_only"], capture_output=True,
+                       text=True, cwd=REPO, timeout=300)
+  assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith("error: --image_px=50")
