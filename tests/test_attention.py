@@ -1,5 +1,6 @@
-"""The TPU splash-attention path (Pallas, run here in interpret mode) equals XLA's attention: causal GQA and
-bidirectional, padded rows, forward and gradients, and a whole reward model on packed prefix-shared batches."""
+"""Attention paths. TPU splash attention (Pallas, run here in interpret mode) equals XLA's attention: causal GQA and
+bidirectional, padded rows, forward and gradients, a whole reward model on packed prefix-shared batches. XLA's causal
+path in query chunks equals one softmax over the whole square."""
 
 from __future__ import annotations
 
@@ -62,3 +63,12 @@ def test_reward_model_on_splash_equals_xla():
     model = RewardModel(TINY, RuntimeOptions(attention_impl=impl), rngs=nnx.Rngs(0))
     out[impl] = np.asarray(nnx.jit(lambda m, b: m(b, reward_index, dims))(model, jax.tree.map(jnp.asarray, batch)))
   assert np.abs(out["splash"] - out["xla"]).max() <= TOL
+
+
+def test_causal_chunks_equal_one_softmax():
+  """XLA's causal path runs in query chunks past CAUSAL_CHUNK tokens: the same as one softmax over the square."""
+  (q, k, v), lengths, valid = inputs(seq=3 * attention.CAUSAL_CHUNK + 64)
+  full = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
+                                      key_value_seq_lengths=lengths)
+  chunked = attention.attend(q, k, v, lengths, causal=True, implementation="xla")
+  assert np.abs(np.asarray(chunked) - np.asarray(full))[valid].max() <= TOL
