@@ -35,6 +35,8 @@ flags.DEFINE_integer("max_items", 4, "Each request has 1..max_items edits.", low
 flags.DEFINE_integer("image_side", 112, "Side of the square test images.", lower_bound=28, upper_bound=1024)
 flags.DEFINE_list("configs", ["default", "--max_batch=1"], "Server flag sets to compare ('default': none).")
 flags.DEFINE_bool("prime", True, "Run the load once untimed first (it compiles the shapes beyond the warm-up).")
+flags.DEFINE_bool("forward_only", False, "Instead: time the server's batch forward (Batcher.forward, in process, no HTTP) "
+                  "at each edit bucket up to 16, median of 5 after compiling.")
 flags.DEFINE_integer("seed", 0, "Seed of the images and request sizes.")
 FLAGS = flags.FLAGS
 
@@ -111,6 +113,25 @@ def measure(url: str, images: list[bytes]) -> dict:
           len(before["compiled"])}
 
 
+def time_forward(checkpoint: str, images: list[bytes]) -> None:
+  from editreward_jax import load_scorer
+  from editreward_jax.serving.batcher import Batcher
+  scorer = load_scorer(checkpoint)
+  batcher = Batcher(scorer, max_batch=16)
+  for size in batcher.buckets:
+    examples = [scorer._example("make square 3 red", images[2 * i % len(images)], images[(2 * i + 1) % len(images)],
+                                "bench") for i in range(size)]
+    batcher.forward(examples)  # compiles
+    times = []
+    for _ in range(5):
+      start = time.perf_counter()
+      batcher.forward(examples)
+      times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    print(json.dumps({"edits": size, "forward_ms": round(1e3 * median, 1), "ms_per_edit": round(1e3 * median / size, 1),
+                      "edits_per_s": round(size / median, 1)}), flush=True)
+
+
 def main(argv):
   del argv
   import numpy as np
@@ -126,6 +147,8 @@ def main(argv):
     if checkpoint is None:
       from tiny_reward import make_reward_dir
       checkpoint = make_reward_dir(os.path.join(tmp, "tiny_reward"))
+    if FLAGS.forward_only:
+      return time_forward(checkpoint, images)
     reports = {}
     for config in FLAGS.configs:
       extra = [] if config == "default" else config.split()
