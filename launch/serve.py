@@ -92,8 +92,9 @@ def main(argv: Sequence[str]) -> None:
                                host_threads=FLAGS.host_threads, info=server.model_info(scorer, FLAGS.checkpoint))
   listening = lambda address: print(f"listening on http://{address[0]}:{address[1]} (ready once /health says so)",
                                     flush=True)
-  server.serve(state, FLAGS.host, FLAGS.port, drain_timeout_s=FLAGS.drain_timeout_s, warm_up=FLAGS.warm_up,
-               on_listening=listening, on_ready=lambda: print("ready", flush=True))
+  with cli.one_line_errors(server.WarmUpError):
+    server.serve(state, FLAGS.host, FLAGS.port, drain_timeout_s=FLAGS.drain_timeout_s, warm_up=FLAGS.warm_up,
+                 on_listening=listening, on_ready=lambda: print("ready", flush=True))
   print("stopped", flush=True)
 
 

@@ -344,6 +344,15 @@ def test_refuses_to_start_without_a_token_off_localhost(reward_dir, flags, messa
   assert run.stderr.startswith("error: ") and message in run.stderr
 
 
+def test_a_failed_warm_up_stops_the_server_with_one_line(reward_dir):
+  run = subprocess.run([sys.executable, "-m", "launch.serve", f"--checkpoint={reward_dir}", "--port=0",
+                        "--max_batch=1", "--max_seq_len=16"], cwd=REPO, env=script_env(), capture_output=True,
+                       text=True, timeout=120)
+  assert run.returncode == 1, run.stderr
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: the warm-up (compiling the batch buckets) failed: ") and "max_seq_len=16" in last
+
+
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(reward_dir, images, tmp_path):
   for i, (src, _) in enumerate(images):

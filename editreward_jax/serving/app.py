@@ -33,6 +33,17 @@ from editreward_jax.serving.protocol import ItemError, Limits, RequestError, par
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+class WarmUpError(RuntimeError):
+  """Compiling the batch buckets at start-up failed: the server stops (a one-line error in launch.serve)."""
+
+
+def package_version() -> str:
+  try:
+    return importlib.metadata.version("editreward-jax")
+  except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never pip-installed
+    return "unknown"
+
+
 @dataclasses.dataclass
 class ServerState:
   scorer: Scorer
@@ -53,7 +64,7 @@ def model_info(scorer: Scorer, checkpoint: str) -> dict[str, Any]:
   """What /info reports besides the live counters: enough to tell which model and rubric scored a result."""
   cfg = scorer.model.cfg
   prompts = json.dumps(scorer.processor.prompts.to_dict(), sort_keys=True, ensure_ascii=False)
-  return {"checkpoint": checkpoint, "version": importlib.metadata.version("editreward-jax"),
+  return {"checkpoint": checkpoint, "version": package_version(),
           "model": {"text": {k: getattr(cfg.text, k) for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
                     "vision": {k: getattr(cfg.vision, k) for k in ("depth", "hidden_size", "patch_size")}},
           "prompts_sha256": hashlib.sha256(prompts.encode()).hexdigest(), "rope_mode": scorer.rope_mode,
@@ -156,6 +167,8 @@ class _DrainingServer(uvicorn.Server):
     self.state.draining, self._drain_started = True, time.monotonic()
 
   async def on_tick(self, counter: int) -> bool:
+    if self.state.batcher.warm_up_error is not None:
+      self.should_exit = True
     if self._drain_started is not None and (
         self.state.in_flight == 0 or time.monotonic() - self._drain_started > self.drain_timeout_s):
       self.should_exit = True
@@ -177,6 +190,8 @@ def serve(state: ServerState, host: str, port: int, *, drain_timeout_s: float = 
   finally:
     state.batcher.close(timeout=drain_timeout_s)
     state.pool.shutdown(wait=False, cancel_futures=True)
+  if state.batcher.warm_up_error is not None:
+    raise WarmUpError(f"the warm-up (compiling the batch buckets) failed: {state.batcher.warm_up_error}")
 
 
 def _when_started(server: _DrainingServer, on_listening, on_ready) -> None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
-from editreward_jax import batching, processing, sharding
+from editreward_jax import batching, cli, processing, sharding
 from editreward_jax.prompts import PromptError
 from editreward_jax.scoring import Scorer, _forward
 from editreward_jax.serving.protocol import IMAGE_FIELDS, Item, ItemError
@@ -64,6 +64,7 @@ class Batcher:
     self.buckets = row_buckets(max_batch)
     self.compiled: dict[tuple, dict[str, Any]] = {}  # batch shapes -> summary, for /info
     self.ready = threading.Event()
+    self.warm_up_error: str | None = None  # the warm-up failed (e.g. out of memory): the server stops with it
     self.batches = self.items = 0
     self._queue: queue.Queue = queue.Queue()
     self._thread = threading.Thread(target=self._run, name="editreward-device", daemon=True)
@@ -86,7 +87,11 @@ class Batcher:
     rules = sharding.activation_rules(self.scorer.mesh) if self.scorer.mesh is not None else contextlib.nullcontext()
     with rules:
       if self._warm_up:
-        self._compile_buckets()
+        try:
+          self._compile_buckets()
+        except Exception as e:  # noqa: BLE001 -- reported by the server, which then exits 1
+          self.warm_up_error = cli.describe(e)
+          return
         self.batches = self.items = 0  # /info counts served edits only
       self.ready.set()
       stop = False
