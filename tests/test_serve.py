@@ -243,10 +243,11 @@ def test_the_token_is_required(server, images, token):
 
 
 def test_a_partly_bad_request_scores_the_good_items(server, images):
-  bad = {**good_item(images, 2, "bad"), "edited_image": b64(_truncated(images))}
-  status, out = score(server.port, [good_item(images, 1, "a"), bad, good_item(images, 3, "b")])
+  bad = {**good_item(images, 2, "bad"), "edited_image": b64(_truncated(images))}  # fails while decoding
+  worse = {**good_item(images, 4, "worse"), "source_image": "not base64!"}  # fails while parsing
+  status, out = score(server.port, [good_item(images, 1, "a"), bad, worse, good_item(images, 3, "b")])
   assert status == 200 and [r["id"] for r in out["results"]] == ["a", "b"], out
-  assert [(e["id"], e["field"]) for e in out["errors"]] == [("bad", "edited_image")]
+  assert [(e["id"], e["field"]) for e in out["errors"]] == [("bad", "edited_image"), ("worse", "source_image")]
 
 
 def test_health_and_info(server, reward_dir):

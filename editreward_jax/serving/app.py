@@ -138,8 +138,7 @@ def make_app(state: ServerState) -> Starlette:
       outcomes = await asyncio.gather(*(one(item) for item in items))
       results = [o for o in outcomes if isinstance(o, dict)]
       errors += [o for o in outcomes if isinstance(o, ItemError)]
-      order = {item.id: item.index for item in items}
-      errors.sort(key=lambda e: order.get(e.id, -1))
+      errors.sort(key=lambda e: e.index)
       return JSONResponse({"results": results, "errors": [e.to_json() for e in errors]}, 200 if results else 422)
     except RequestError as e:  # a body refused unread: close rather than wait for the rest of it
       return _error(e.status, e.field, e.message, **({"Connection": "close"} if e.status == 413 else {}))

@@ -36,11 +36,11 @@ def prepare(scorer: Scorer, item: Item) -> processing.ProcessedExample | ItemErr
   try:
     return scorer._example(item.instruction, item.source_image, item.edited_image, where)
   except PromptError as e:
-    return ItemError(item.id, "instruction", _strip(str(e), where))
+    return ItemError(item.id, "instruction", _strip(str(e), where), item.index)
   except ValueError as e:  # ImageError: "<where>: <field>: ..." (the scorer names the image field)
     message = _strip(str(e), where)
     field = next((f for f in IMAGE_FIELDS if message.startswith(f)), "item")
-    return ItemError(item.id, field, message)
+    return ItemError(item.id, field, message, item.index)
 
 
 def _strip(message: str, where: str) -> str:

@@ -38,6 +38,7 @@ class ItemError:
   id: str | int
   field: str
   message: str
+  index: int = -1  # the item's place in the request: errors are listed in request order
 
   def to_json(self) -> dict[str, Any]:
     return {"id": self.id, "field": self.field, "message": self.message}
@@ -89,7 +90,7 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[Item], list[ItemErr
         raise _Bad("instruction", f"expected a non-empty string, got {_kind(instruction)}")
       images = [decode_image(item.get(f), f, limits) for f in IMAGE_FIELDS]
     except _Bad as bad:
-      errors.append(ItemError(item_id, bad.field, bad.message))
+      errors.append(ItemError(item_id, bad.field, bad.message, k))
       continue
     parsed.append(Item(k, item_id, instruction, *images))
   return parsed, errors
