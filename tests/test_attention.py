@@ -1,6 +1,6 @@
 """Attention paths. TPU splash attention (Pallas, run here in interpret mode) equals XLA's attention: causal GQA and
-bidirectional, padded rows, forward and gradients, a whole reward model on packed prefix-shared batches. XLA's causal
-path in query chunks equals one softmax over the whole square."""
+bidirectional, padded rows, forward and gradients, a whole reward model on packed prefix-shared batches. XLA's path in
+query chunks equals one softmax over the whole square."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def test_splash_equals_xla_forward_and_gradients(causal):
 
 def test_sequences_off_the_lane_tile_stay_on_xla():
   (q, k, v), lengths, _ = inputs(seq=64)
+  lengths = jnp.minimum(lengths, 64)
   np.testing.assert_array_equal(attention.attend(q, k, v, lengths, causal=False, implementation="splash"),
                                 attention.attend(q, k, v, lengths, causal=False, implementation="xla"))
 
@@ -65,10 +66,14 @@ def test_reward_model_on_splash_equals_xla():
   assert np.abs(out["splash"] - out["xla"]).max() <= TOL
 
 
-def test_causal_chunks_equal_one_softmax():
-  """XLA's causal path runs in query chunks past CAUSAL_CHUNK tokens: the same as one softmax over the square."""
-  (q, k, v), lengths, valid = inputs(seq=3 * attention.CAUSAL_CHUNK + 64)
-  full = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("seq", [64, 3 * attention.CHUNK + 64])
+def test_xla_chunks_equal_one_softmax(causal, seq):
+  """The "xla" path runs in query chunks: the same as jax's attention, one softmax over the whole square."""
+  (q, k, v), lengths, valid = inputs(seq=seq)
+  lengths = jnp.minimum(lengths, seq)
+  valid = np.arange(seq)[None] < np.asarray(lengths)[:, None]
+  full = jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lengths,
                                       key_value_seq_lengths=lengths)
-  chunked = attention.attend(q, k, v, lengths, causal=True, implementation="xla")
+  chunked = attention.attend(q, k, v, lengths, causal=causal, implementation="xla")
   assert np.abs(np.asarray(chunked) - np.asarray(full))[valid].max() <= TOL
