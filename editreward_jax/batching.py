@@ -23,10 +23,15 @@ from editreward_jax.prompts import DIMENSIONS
 
 @dataclasses.dataclass(frozen=True)
 class Row:
+  """One prompt row. `tokens` keeps the prompt up to and including `<|Reward|>`: under causal attention the
+  tokens after it (the end of the turn) cannot change its hidden state, so they are never computed."""
   tokens: np.ndarray        # [L] int32
   images: tuple[int, ...]   # index into the batch's image table, one per image-token run
   reward_index: int         # position of <|Reward|>
   dimension: int            # index into DIMENSIONS
+
+  def __post_init__(self):
+    object.__setattr__(self, "tokens", np.asarray(self.tokens)[:self.reward_index + 1])
 
 
 class ImageTable:
