@@ -169,10 +169,12 @@ def score_batch(cfg: ModelConfig, edits: Sequence[ProcessedExample], *, referenc
   return _collate(_rows(edits, keys, table), table, cfg, shape, SCORE_ROWS_PER_EDIT if prefix_sharing else None)
 
 
-def _parts(cfg: ModelConfig, head: HeadConfig, batch: dict[str, Any]) -> dict[str, float]:
-  """Forward FLOPs of a collated batch by part (the terms of `flops.forward_flops`)."""
+def _reference_parts(cfg: ModelConfig, head: HeadConfig, batch: dict[str, Any], prompts: Sequence[np.ndarray]
+                     ) -> dict[str, float]:
+  """Forward FLOPs by part (the terms of `flops.forward_flops`) of the reference on a batch in its layout: its
+  rows are the whole `prompts`, the end of the turn after `<|Reward|>` included (collated rows stop there)."""
   model_in = batch["batch"]
-  lengths = np.asarray(model_in["lengths"])
+  lengths = np.array([len(p) for p in prompts])
   vision = model_in["vision"]
   return {"decoder": flops.decoder_flops(cfg, lengths),
           "vision": flops.vision_flops(cfg, vision["window_lengths"], vision["image_lengths"]),
@@ -188,11 +190,13 @@ def flop_figures(cfg: ModelConfig, head: HeadConfig, mode: str, n: int, layout: 
   if mode == "train":
     items = synthetic_pairs(cfg, n, layout, reward_id)
     make = lambda **kw: train_batch(cfg, items, **kw)
+    edits = [ex for pair in items for ex in pair]
   else:
-    items = synthetic_edits(cfg, n, layout, reward_id)
+    items = edits = synthetic_edits(cfg, n, layout, reward_id)
     make = lambda **kw: score_batch(cfg, items, **kw)
   ours = factor * flops.forward_flops(cfg, head, make(prefix_sharing=prefix_sharing)) / n / 1e9
-  parts = {k: factor * v / n / 1e9 for k, v in _parts(cfg, head, make(reference=True)).items()}
+  prompts = [ex.prompts[d] for ex in edits for d in DIMENSIONS]
+  parts = {k: factor * v / n / 1e9 for k, v in _reference_parts(cfg, head, make(reference=True), prompts).items()}
   reference = sum(parts.values())
   return {f"jax_gflops_per_{unit}": ours, f"reference_gflops_per_{unit}": reference,
           f"reference_gflops_per_{unit}_parts": parts, "flop_ratio": ours / reference}

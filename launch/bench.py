@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from absl import app, flags
 
 from editreward_jax import benchmark, cli
+from editreward_jax.models.attention import IMPLEMENTATIONS
 from editreward_jax.models.config import to_hf_dict
 from editreward_jax.models.scan import REMAT_POLICIES
 from editreward_jax.reward import HeadConfig
@@ -43,8 +44,10 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first comp
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (torch: weight dtype).")
 _REMAT = flags.DEFINE_enum("remat", "none", list(REMAT_POLICIES), "Rematerialisation (torch: any but none = "
                            "transformers' gradient checkpointing).")
-_PREFIX = flags.DEFINE_bool("prefix_sharing", False, "jax: compute each pair's (edit's) shared prefixes once.")
-_ATTENTION = flags.DEFINE_enum("attention", "xla", ["xla", "cudnn"], "jax attention kernel.")
+_PREFIX = flags.DEFINE_bool("prefix_sharing", True, "jax: compute each pair's (edit's) shared prefixes once (the "
+                             "training and scoring default).")
+_ATTENTION = flags.DEFINE_enum("attention", "xla", list(IMPLEMENTATIONS), "jax attention kernel (cudnn: GPU, "
+                               "splash: TPU).")
 _TORCH_ATTENTION = flags.DEFINE_enum("torch_attention", "sdpa", ["sdpa", "eager", "flash_attention_2"],
                                      "torch attention implementation.")
 _LOSS = flags.DEFINE_enum("loss_kind", "monte_carlo", ["monte_carlo", "gauss_hermite", "paper"],
