@@ -30,3 +30,12 @@ def test_bench_train_step(tmp_path):
                       "--config.data.demo.num_train_pairs=24", "--config.data.demo.image_size=56",
                       "--config.data.min_pixels=3136", "--config.data.max_pixels=3136", "--config.train.batch_pairs=2")
   assert report["steps"] == 2 and report["pairs_per_s"] > 0 and report["batch_pairs"] == 2
+
+
+@pytest.mark.slow
+def test_profile_train_parts():
+  report = run_script("scripts/profile_train_parts.py", "--shape=tiny", "--image_px=56", "--text_tokens=10",
+                      "--steps=1")
+  parts = ("vision_s", "decoder_s", "heads_and_loss_s", "optimizer_s", "host_input_s")
+  assert all(report[p] > 0 for p in parts) and report["prefix_sharing"]
+  assert report["device_parts_s"] == pytest.approx(sum(report[p] for p in parts[:4]))
