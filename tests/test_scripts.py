@@ -39,3 +39,11 @@ def test_profile_train_parts():
   parts = ("vision_s", "decoder_s", "heads_and_loss_s", "optimizer_s", "host_input_s")
   assert all(report[p] > 0 for p in parts) and report["prefix_sharing"]
   assert report["device_parts_s"] == pytest.approx(sum(report[p] for p in parts[:4]))
+
+
+@pytest.mark.slow
+def test_import_memory(tmp_path):
+  report = run_script("scripts/import_memory.py", "--shape=tiny", f"--workdir={tmp_path}", "--shard_gib=0.0005")
+  assert len([f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]) > 1  # sharded
+  assert os.path.exists(tmp_path / "imported" / "editreward.json")
+  assert report["weights_gib"] > 0 and report["import_peak_rss_gib"] > 0
