@@ -25,6 +25,9 @@ import pytest
 
 from editreward_jax import model_dir
 from editreward_jax.client import RewardClient, RewardServerError, make_reward_fn
+
+pytest.importorskip("uvicorn", reason="the server needs the [serve] extra")  # installed by .ci/run
+pytest.importorskip("starlette", reason="the server needs the [serve] extra")
 from editreward_jax.serving import app as serving_app
 from editreward_jax.serving.protocol import RequestError
 from launch import score as launch_score
