@@ -24,9 +24,9 @@ def batch_for(cfg):
                                                      image_grid_thw=GRID, rope_mode="mrope"))
 
 
-def with_depth(text_layers: int, vision_depth: int):
+def with_depth(text_layers: int, vision_depth: int, full_blocks=(1,)):
   return TINY.replace(text=dataclasses.replace(TINY.text, num_hidden_layers=text_layers),
-                      vision=dataclasses.replace(TINY.vision, depth=vision_depth, fullatt_block_indexes=(1,)))
+                      vision=dataclasses.replace(TINY.vision, depth=vision_depth, fullatt_block_indexes=full_blocks))
 
 
 def test_program_size_does_not_grow_with_depth():
@@ -36,7 +36,8 @@ def test_program_size_does_not_grow_with_depth():
     fn = lambda s, b: nnx.merge(graphdef, s)(**b)
     return len(str(jax.make_jaxpr(fn)(state, batch_for(cfg))).splitlines())
 
-  assert size(with_depth(2, 2)) == size(with_depth(9, 7))
+  # Vision blocks: a window block then a full one, repeated (as Qwen2.5-VL's 7 + 1, 4 times).
+  assert size(with_depth(2, 4, (1, 3))) == size(with_depth(9, 8, (1, 3, 5, 7)))
 
 
 def test_remat_policies_give_the_same_gradients():
@@ -96,3 +97,27 @@ def test_fresh_weights_follow_each_towers_initializer_range():
     assert abs(values.std() / expected - 1) < 0.1, (path, values.std())
     drawn += 1
   assert drawn == 8 + 9  # vision: patch_embed, qkv, proj, 3 MLP, fc1, fc2; text: embed, lm_head, q, k, v, o, 3 MLP
+
+
+@pytest.mark.parametrize("kinds", [(False, True) * 3, (False, False, True, False, True, True)])
+def test_layers_run_by_kind_as_one_by_one(kinds):
+  """Runs of one kind scanned (and a repeating pattern scanned over its repeats): the same values and gradients
+  as applying the layers one by one, each with its own kind."""
+  from editreward_jax.models import scan
+  stack = scan.make_stack(lambda r: nnx.Linear(8, 8, rngs=r), len(kinds), "layers", nnx.Rngs(0))
+  body = lambda layer, h, full: jnp.tanh(layer(h)) * (2.0 if full else 1.0) + (0.0 if full else 0.5)
+  x = jax.random.normal(jax.random.key(0), (3, 8))
+
+  def by_kind(s):
+    return jnp.sum(scan.run_stack_by_kind(s, x, kinds, body) ** 2)
+
+  def one_by_one(s):
+    graphdef, state = nnx.split(s)
+    h = x
+    for i, kind in enumerate(kinds):
+      h = body(nnx.merge(graphdef, jax.tree.map(lambda p, i=i: p[i], state)), h, kind)
+    return jnp.sum(h**2)
+
+  np.testing.assert_allclose(by_kind(stack), one_by_one(stack), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(nnx.grad(by_kind)(stack)), jax.tree.leaves(nnx.grad(one_by_one)(stack))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

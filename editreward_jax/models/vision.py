@@ -2,8 +2,9 @@
 
 uint8 pixel rows are first normalised by the batch's `pixel_table` (see `vision_layout`); float rows go in as they are.
 Patch embedding is a matmul over flattened patch rows (the Conv3d has kernel = stride, so it is exactly this), then
-`depth` blocks (RMSNorm, attention with a 2-D rotary embedding, RMSNorm, SwiGLU MLP with biases) scanned with a
-per-block flag that picks window attention or full attention within each image, then the 2x2 patch merger.
+`depth` blocks (RMSNorm, attention with a 2-D rotary embedding, RMSNorm, SwiGLU MLP with biases), each run of
+window-attention blocks and of full-attention blocks (attention within each image) scanned on its own, then the
+2x2 patch merger.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class VisionAttention(nnx.Module):
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.head_dim
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, full: jax.Array, vb: Mapping[str, jax.Array],
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, full: bool, vb: Mapping[str, jax.Array],
                implementation: str) -> jax.Array:
     s = x.shape[0]
     qkv = self.qkv(x)  # [S, 3, heads, head_dim]
@@ -67,7 +68,7 @@ class VisionAttention(nnx.Module):
                              implementation=implementation)
       return out.reshape(-1, self.num_heads, self.head_dim)[vb["slot_to_image"]]
 
-    out = jax.lax.cond(full, image_attention, window_attention, q, k, v)
+    out = image_attention(q, k, v) if full else window_attention(q, k, v)
     return self.proj(out)
 
 
@@ -131,7 +132,7 @@ class VisionTower(nnx.Module):
     def body(block, h, full):
       return block(h, cos, sin, full, vb, impl)
 
-    x = scan.run_stack(self.blocks, x, jnp.asarray(self.full_blocks, dtype=bool), body, self.remat)
+    x = scan.run_stack_by_kind(self.blocks, x, self.full_blocks, body, self.remat)
     return self.merger(x)
 
   def features(self, vb: Mapping[str, jax.Array]) -> jax.Array:
