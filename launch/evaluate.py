@@ -22,17 +22,23 @@ from absl import app, flags
 
 from editreward_jax import cli, paths
 
-flags.DEFINE_enum("benchmark", None, ["editreward_bench", "pairs", "pointwise"], "Which kind of benchmark --data is.",
-                  required=True)
-flags.DEFINE_string("data", None, "The benchmark: a folder (editreward_bench download or TFDS data_dir) or a "
-                    "JSON/JSONL file (pairs, pointwise).", required=True)
-flags.DEFINE_string("checkpoint", None, "CKPT to score the benchmark with (a model directory or training workdir).")
-flags.DEFINE_string("scores", None, "Instead of --checkpoint: a scores file from any judge (format in the README).")
-flags.DEFINE_string("output", None, "Results JSON to write; the table, scores and diagram go beside it.",
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs, so that importing its functions (tests, other commands)
+  defines none (absl refuses a flag name defined twice in one process)."""
+  flags.DEFINE_enum("benchmark", None, ["editreward_bench", "pairs", "pointwise"], "Which kind of benchmark --data is.",
                     required=True)
-flags.DEFINE_integer("batch_size", 8, "Edits per forward pass.", lower_bound=1)
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-VERBOSE = cli.verbose_flag()
+  flags.DEFINE_string("data", None, "The benchmark: a folder (editreward_bench download or TFDS data_dir) or a "
+                      "JSON/JSONL file (pairs, pointwise).", required=True)
+  flags.DEFINE_string("checkpoint", None, "CKPT to score the benchmark with (a model directory or training workdir).")
+  flags.DEFINE_string("scores", None, "Instead of --checkpoint: a scores file from any judge (format in the README).")
+  flags.DEFINE_string("output", None, "Results JSON to write; the table, scores and diagram go beside it.",
+                      required=True)
+  flags.DEFINE_integer("batch_size", 8, "Edits per forward pass.", lower_bound=1)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  cli.verbose_flag()
+
+
 FLAGS = flags.FLAGS
 
 
@@ -103,7 +109,7 @@ def _write_json(path: str, value: dict) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_logs(VERBOSE.value)
+  cli.quiet_logs(FLAGS.verbose)
   from editreward_jax.schema import DataError
   start = time.time()
   with cli.one_line_errors(DataError):
@@ -113,4 +119,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -28,30 +28,36 @@ from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.reward import FUSIONS
 from editreward_jax.scoring import BAD_ROWS, DEFAULT_MAX_SEQ_LEN, load_scorer
 
-flags.DEFINE_string("checkpoint", None, "Model directory (convert.from_hf output or a trained model).",
-                    required=True)
-flags.DEFINE_string("input", None, "JSONL of edits: id, instruction, source_image, edited_image.", required=True)
-flags.DEFINE_string("output", None, "JSONL to write the scores to.", required=True)
-flags.DEFINE_string("prompts", None, "Prompts file overriding the rubric recorded in the checkpoint.")
-flags.DEFINE_enum("rope_mode", None, list(ROPE_MODES), "Override the checkpoint's position mode.")
-flags.DEFINE_enum("fusion", None, list(FUSIONS), "Override the checkpoint's fusion of the two dimensions.")
-flags.DEFINE_integer("batch_size", 8, "Edits per forward pass.", lower_bound=1)
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_enum("attention_impl", "xla", list(IMPLEMENTATIONS), "Attention kernel (cudnn: GPU; splash: TPU).")
-flags.DEFINE_integer("max_seq_len", DEFAULT_MAX_SEQ_LEN, "Longest prompt in tokens; a longer one is a bad row.",
-                     lower_bound=16)
-flags.DEFINE_enum("bad_rows", "raise", list(BAD_ROWS), "raise: stop at a bad row (malformed, or an image or prompt "
-                  "that fails), keeping the rows scored before it; skip: list bad rows with their reason in "
-                  "OUTPUT.errors.jsonl and score the others.")
-flags.DEFINE_integer("top_k", 0, "Curation: also write the K best ids (OUTPUT.top_ids.txt, best first) and their "
-                     "input rows (OUTPUT.curated.jsonl, in input order).", lower_bound=0)
-flags.DEFINE_string("report", None, "Write an HTML page of every scored edit (thumbnails embedded, sorted, the top_k "
-                    "kept ones marked, a score histogram).")
-flags.DEFINE_integer("num_shards", 1, "Split the input into this many contiguous shards (one per process or host).",
-                     lower_bound=1)
-flags.DEFINE_integer("shard_index", 0, "Which shard this run scores (0-based); shard outputs concatenated in shard "
-                     "order equal one run's output.", lower_bound=0)
-VERBOSE = cli.verbose_flag()
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs, so that importing its functions (tests, other commands)
+  defines none (absl refuses a flag name defined twice in one process)."""
+  flags.DEFINE_string("checkpoint", None, "Model directory (convert.from_hf output or a trained model).",
+                      required=True)
+  flags.DEFINE_string("input", None, "JSONL of edits: id, instruction, source_image, edited_image.", required=True)
+  flags.DEFINE_string("output", None, "JSONL to write the scores to.", required=True)
+  flags.DEFINE_string("prompts", None, "Prompts file overriding the rubric recorded in the checkpoint.")
+  flags.DEFINE_enum("rope_mode", None, list(ROPE_MODES), "Override the checkpoint's position mode.")
+  flags.DEFINE_enum("fusion", None, list(FUSIONS), "Override the checkpoint's fusion of the two dimensions.")
+  flags.DEFINE_integer("batch_size", 8, "Edits per forward pass.", lower_bound=1)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  flags.DEFINE_enum("attention_impl", "xla", list(IMPLEMENTATIONS), "Attention kernel (cudnn: GPU; splash: TPU).")
+  flags.DEFINE_integer("max_seq_len", DEFAULT_MAX_SEQ_LEN, "Longest prompt in tokens; a longer one is a bad row.",
+                       lower_bound=16)
+  flags.DEFINE_enum("bad_rows", "raise", list(BAD_ROWS), "raise: stop at a bad row (malformed, or an image or prompt "
+                    "that fails), keeping the rows scored before it; skip: list bad rows with their reason in "
+                    "OUTPUT.errors.jsonl and score the others.")
+  flags.DEFINE_integer("top_k", 0, "Curation: also write the K best ids (OUTPUT.top_ids.txt, best first) and their "
+                       "input rows (OUTPUT.curated.jsonl, in input order).", lower_bound=0)
+  flags.DEFINE_string("report", None, "Write an HTML page of every scored edit (thumbnails embedded, sorted, the top_k "
+                      "kept ones marked, a score histogram).")
+  flags.DEFINE_integer("num_shards", 1, "Split the input into this many contiguous shards (one per process or host).",
+                       lower_bound=1)
+  flags.DEFINE_integer("shard_index", 0, "Which shard this run scores (0-based); shard outputs concatenated in shard "
+                       "order equal one run's output.", lower_bound=0)
+  cli.verbose_flag()
+
+
 FLAGS = flags.FLAGS
 ERRORS_SUFFIX = ".errors.jsonl"  # beside the output: the rows skipped with --bad_rows=skip, and why
 TOP_IDS_SUFFIX, CURATED_SUFFIX = ".top_ids.txt", ".curated.jsonl"  # --top_k
@@ -179,7 +185,7 @@ def curate(input_path: str, output_path: str, top_k: int = 0, report_path: str |
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_logs(VERBOSE.value)
+  cli.quiet_logs(FLAGS.verbose)
   start = time.time()
   with cli.one_line_errors():
     n, skipped = run(FLAGS.checkpoint, FLAGS.input, FLAGS.output, prompts=FLAGS.prompts, rope_mode=FLAGS.rope_mode,
@@ -197,4 +203,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
