@@ -81,7 +81,8 @@ def test_a_forward_on_uint8_pixels_equals_the_forward_on_their_floats():
 def test_collated_shards_carry_uint8_pixels_and_the_table_even_when_all_padding():
   image = processing.process_image(ramp_image(56, 56), min_pixels=28 * 28, max_pixels=56 * 56)
   table = batching.ImageTable()
-  rows = [batching.Row(np.asarray(image_rows(image.grid_thw[None])[0], np.int32), (table.add(image),), 3, 0)]
+  tokens = np.asarray(image_rows(image.grid_thw[None])[0], np.int32)
+  rows = [batching.Row(tokens, (table.add(image),), len(tokens) - 1, 0)]  # the last token as <|Reward|>
   shape = batching.BatchShape(rows=1, seq_len=64, images=1, windows=1, patches=16, units=4)
   full = batching.collate(rows, table, TINY, rope_mode="sequential", shape=shape)
   empty = batching.collate([batching.Row(np.array([1, 2, 3], np.int32), (), 2, 0)], batching.ImageTable(), TINY,

@@ -47,3 +47,11 @@ def test_import_memory(tmp_path):
   assert len([f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]) > 1  # sharded
   assert os.path.exists(tmp_path / "imported" / "editreward.json")
   assert report["weights_gib"] > 0 and report["import_peak_rss_gib"] > 0
+
+
+@pytest.mark.slow
+def test_bench_kernels():
+  report = run_script("scripts/bench_kernels.py", "--iters=1")
+  for case in ("decoder_causal", "vision_full"):
+    assert all(report[case][k] > 0 for k in ("chunked_fwd_bwd_s", "jax_xla_fwd_bwd_s", "torch_sdpa_fwd_bwd_s"))
+  assert report["matmul_3072x512x1408"]["gflop_per_s"] > 0

@@ -6,8 +6,8 @@ become segment ids, valid tokens 1 and padding 0, so a valid query never sees pa
 mask, so no [B, N, L, L] logits are materialised). "xla" runs everywhere, written here rather than through
 `jax.nn.dot_product_attention`'s XLA path, in query chunks of `CHUNK`: a causal chunk against only the keys up to
 its end (half the logits of the [L, L] square), every chunk small enough to stay in cache. On a 2-core CPU,
-forward and backward, that is 1.8x faster for causal rows of 768 tokens and 2.1x for the vision tower's full
-attention over 1024 patches. A row of length 0 (a padding window or padding image) is given length 1 so no softmax runs over an empty
+forward and backward, that is 2x faster for causal rows of 768 tokens and as fast for the vision tower's full
+attention over 1024 patches (scripts/bench_kernels.py). A row of length 0 (a padding window or padding image) is given length 1 so no softmax runs over an empty
 set; its output is discarded by the caller.
 
 Splash tiles the key axis in blocks of 128 lanes: a sequence whose length is not a multiple of 128 (the vision
