@@ -12,27 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from editreward_jax import benchmark
 from editreward_jax.models import attention
 
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per kernel (after one compile call).", lower_bound=1)
 
 
 def timed(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_ITERS.value):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  """Median seconds of `fn(*args)` over the timed calls, after one compile call (benchmark.time_calls)."""
+  return benchmark.time_calls(lambda: jax.block_until_ready(fn(*args)), _ITERS.value, 1)["step_s_median"]
 
 
 def attention_case(rows, seq, heads, kv_heads, causal, length, seed=0):
@@ -60,13 +54,7 @@ def attention_case(rows, seq, heads, kv_heads, causal, length, seed=0):
                                                          vt.repeat_interleave(rep, 1), is_causal=causal)
     o.sum().backward()
 
-  sdpa()
-  times = []
-  for _ in range(_ITERS.value):
-    t = time.perf_counter()
-    sdpa()
-    times.append(time.perf_counter() - t)
-  out["torch_sdpa_fwd_bwd_s"] = statistics.median(times)
+  out["torch_sdpa_fwd_bwd_s"] = benchmark.time_calls(sdpa, _ITERS.value, 1)["step_s_median"]
   return out
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +41,8 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Timed calls per part (after one compi
 
 
 def timed(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  """Median seconds of `fn(*args)` over the timed calls, after one compile call (benchmark.time_calls)."""
+  return benchmark.time_calls(lambda: jax.block_until_ready(fn(*args)), _STEPS.value, 1)["step_s_median"]
 
 
 def projection(shape, seed):
@@ -69,17 +62,15 @@ def host_input_s(cfg, n: int) -> float:
 
   images = [[png() for _ in range(3)] for _ in range(n)]
   groups = pipeline.ROWS_PER_PAIR if _SHARING.value else None
-  times = []
-  for _ in range(_STEPS.value):
-    t = time.perf_counter()
+  def one_batch():
     table = batching.ImageTable()
     rows = []
     for src, a, b in images:
       for edit in (a, b):
         rows += batching.edit_rows(processor("make it blue", src, edit), table)
     batching.collate(rows, table, cfg, rope_mode="sequential", prefix_groups=groups)
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+
+  return benchmark.time_calls(one_batch, _STEPS.value, 1)["step_s_median"]
 
 
 def main(argv):
