@@ -15,7 +15,10 @@ def script_env(devices: int | None = None, **extra: str) -> dict[str, str]:
   env = dict(os.environ, JAX_PLATFORMS="cpu", **extra,
              PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
   if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # XLA:CPU ends the process when the devices of a collective arrive more than 40 s apart (its default). Eight
+    # simulated devices share 2 cores, and on a busy machine one can lag that long without anything being wrong.
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=900")
   return env
 
 
