@@ -77,3 +77,11 @@ def test_xla_chunks_equal_one_softmax(causal, seq):
                                       key_value_seq_lengths=lengths)
   chunked = attention.attend(q, k, v, lengths, causal=causal, implementation="xla")
   assert np.abs(np.asarray(chunked) - np.asarray(full))[valid].max() <= TOL
+  # Its own backward pass (probabilities recomputed from the log-sum-exp) against autodiff of the one softmax.
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32) * valid[..., None, None]
+  grads = [jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * weights), argnums=(0, 1, 2))(q, k, v) for f in (
+      lambda q, k, v: attention.attend(q, k, v, lengths, causal=causal, implementation="xla"),
+      lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lengths,
+                                                   key_value_seq_lengths=lengths))]
+  for ours, want in zip(*grads):
+    assert np.abs(np.asarray(ours) - np.asarray(want)).max() <= TOL * np.abs(np.asarray(want)).max()
