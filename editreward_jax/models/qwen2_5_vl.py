@@ -74,7 +74,10 @@ class Qwen25VL(nnx.Module):
       vision = {name: v[None] for name, v in vision.items()}
     vision = {name: sharding.constrain(v, ("batch_shards",) + (None,) * (v.ndim - 1)) for name, v in vision.items()}
     k = vision["pixels"].shape[0]
-    feats = jax.vmap(self.visual, spmd_axis_name=sharding.spmd_axes("batch_shards", k))(vision)
+    if k == 1:  # no vmap: its batch axis would give every weight gradient two contracting axes (see layers.Linear)
+      feats = self.visual({name: v[0] for name, v in vision.items()})[None]
+    else:
+      feats = jax.vmap(self.visual, spmd_axis_name=sharding.spmd_axes("batch_shards", k))(vision)
     return sharding.constrain(feats.astype(self.dtype), ("batch_shards", None, "embed_act"))
 
   def __call__(self, input_ids: jax.Array, lengths: jax.Array, position_ids: jax.Array,
