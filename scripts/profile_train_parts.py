@@ -1,7 +1,7 @@
 """Where a training step's time goes, part by part, on the launch.bench synthetic inputs.
 
   python scripts/profile_train_parts.py [--shape=small] [--pairs_per_step=2] [--image_px=448] [--text_tokens=150]
-                                        [--prefix_sharing=true] [--steps=3]
+                                        [--prefix_sharing=true] [--remat=none] [--steps=3]
 
 Each part is jitted and timed on its own (median of --steps after a compile call), forward and backward:
 - vision: the vision tower on the batch's 3 images per pair, gradient of a fixed projection of its merged features;
@@ -29,6 +29,8 @@ from flax import nnx
 import data
 from editreward_jax import batching, benchmark, losses, pipeline, processing
 from editreward_jax.models import shared_prefix
+from editreward_jax.models.qwen2_5_vl import RuntimeOptions
+from editreward_jax.models.scan import REMAT_POLICIES
 from editreward_jax.prompts import load_prompts
 from editreward_jax.reward import RewardModel, fuse
 
@@ -37,6 +39,8 @@ _PAIRS = flags.DEFINE_integer("pairs_per_step", 2, "Training pairs per step.", l
 _PX = flags.DEFINE_integer("image_px", 448, "Square image side in pixels.")
 _TEXT = flags.DEFINE_integer("text_tokens", 150, "Rubric tokens per row (launch.bench's layout).")
 _SHARING = flags.DEFINE_bool("prefix_sharing", True, "Compute each pair's shared prefixes once.")
+_REMAT = flags.DEFINE_enum("remat", "none", list(REMAT_POLICIES), "Rematerialisation of the vision and decoder "
+                           "layers (the real configs use dots_no_batch).")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed calls per part (after one compile call).", lower_bound=1)
 
 
@@ -81,7 +85,7 @@ def main(argv):
   pairs = benchmark.synthetic_pairs(cfg, _PAIRS.value, layout, reward_id)
   batch = jax.tree.map(jnp.asarray, benchmark.train_batch(cfg, pairs, prefix_sharing=_SHARING.value))
   model_in = batch["batch"]
-  model = RewardModel(cfg, rngs=nnx.Rngs(0))
+  model = RewardModel(cfg, RuntimeOptions(remat=_REMAT.value), rngs=nnx.Rngs(0))
   backbone = model.backbone
   parts = {}
 
@@ -124,7 +128,7 @@ def main(argv):
   parts["host_input"] = host_input_s(cfg, _PAIRS.value)
   device_parts = sum(v for k, v in parts.items() if k != "host_input")
   print(json.dumps({"shape": _SHAPE.value, "pairs_per_step": _PAIRS.value, "image_px": _PX.value,
-                    "text_tokens": _TEXT.value, "prefix_sharing": _SHARING.value,
+                    "text_tokens": _TEXT.value, "prefix_sharing": _SHARING.value, "remat": _REMAT.value,
                     "seq_len": int(model_in["input_ids"].shape[-1]), **{f"{k}_s": v for k, v in parts.items()},
                     "device_parts_s": device_parts, "backend": jax.default_backend()}))
 

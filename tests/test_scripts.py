@@ -35,10 +35,19 @@ def test_bench_train_step(tmp_path):
 @pytest.mark.slow
 def test_profile_train_parts():
   report = run_script("scripts/profile_train_parts.py", "--shape=tiny", "--image_px=56", "--text_tokens=10",
-                      "--steps=1")
+                      "--steps=1", "--remat=full")
   parts = ("vision_s", "decoder_s", "heads_and_loss_s", "optimizer_s", "host_input_s")
-  assert all(report[p] > 0 for p in parts) and report["prefix_sharing"]
+  assert all(report[p] > 0 for p in parts) and report["prefix_sharing"] and report["remat"] == "full"
   assert report["device_parts_s"] == pytest.approx(sum(report[p] for p in parts[:4]))
+
+
+@pytest.mark.slow
+def test_trace_ops():
+  report = run_script("scripts/trace_ops.py", "--shape=tiny", "--mode=score", "--image_px=56", "--text_tokens=10",
+                      "--top=5")
+  assert len(report["top"]) == 5 and all(op["s"] > 0 and op["calls"] >= 1 for op in report["top"])
+  assert any("dot" in op["from"] or "fusion" in op["op"] for op in report["top"])
+  assert report["op_s"] == pytest.approx(sum(report["kinds_s"].values()))
 
 
 @pytest.mark.slow
