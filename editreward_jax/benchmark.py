@@ -226,10 +226,18 @@ def _device_peak() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def jax_train(config: TrainConfig, setup: state_lib.ModelSetup, layout: Layout, *, steps: int, warmup: int,
-              prefix_sharing: bool = False) -> dict[str, Any]:
-  """Times the real jitted train step (forward, loss, backward, clipping, AdamW) of `config` on one synthetic batch
-  of config.train.batch_pairs pairs, on the config's mesh."""
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One prepared JAX program on synthetic inputs: `call()` runs it once and blocks; `hlo()` is its compiled HLO."""
+  call: Callable[[], Any]
+  hlo: Callable[[], str]
+  seq_len: int
+
+
+def train_program(config: TrainConfig, setup: state_lib.ModelSetup, layout: Layout, *,
+                  prefix_sharing: bool = False) -> Program:
+  """The real jitted train step (forward, loss, backward, clipping, AdamW) of `config` on one synthetic batch of
+  config.train.batch_pairs pairs, on the config's mesh; each call is one step from the state the last one left."""
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   run = run_lib.prepare(config, mesh, train_rows=config.train.batch_pairs, setup=setup)
   batch = train_batch(setup.cfg, synthetic_pairs(setup.cfg, config.train.batch_pairs, layout, run.reward_id),
@@ -239,24 +247,34 @@ def jax_train(config: TrainConfig, setup: state_lib.ModelSetup, layout: Layout, 
   with sharding.activation_rules(mesh):
     step_fn, shardings = run.train_step(mesh, batch)
     placed = run_lib.global_batch([batch], shardings)
-    box = [state]
+  box = [state]
 
-    def call():
+  def call():
+    with sharding.activation_rules(mesh):
       box[0], metrics = step_fn(box[0], frozen, placed, key)
       jax.block_until_ready((box[0], metrics))
 
-    timing = time_calls(call, steps, warmup)
-  return {**timing, "seq_len": int(batch["batch"]["input_ids"].shape[-1]), **peak_memory(_device_peak())}
+  def hlo():
+    with sharding.activation_rules(mesh):
+      return step_fn.lower(box[0], frozen, placed, key).compile().as_text()
+
+  return Program(call, hlo, int(batch["batch"]["input_ids"].shape[-1]))
 
 
-def jax_score(cfg: ModelConfig, head: HeadConfig, options: RuntimeOptions, n: int, layout: Layout, reward_id: int, *,
-              steps: int, warmup: int, prefix_sharing: bool = False) -> dict[str, Any]:
-  """Times the scorer's jitted forward (`scoring._forward`) on one collated batch of n synthetic edits."""
+def score_program(cfg: ModelConfig, head: HeadConfig, options: RuntimeOptions, n: int, layout: Layout,
+                  reward_id: int, *, prefix_sharing: bool = False) -> Program:
+  """The scorer's jitted forward (`scoring._forward`) on one collated batch of n synthetic edits."""
   model = RewardModel(cfg, options, head, rngs=nnx.Rngs(0))
   batch = score_batch(cfg, synthetic_edits(cfg, n, layout, reward_id), prefix_sharing=prefix_sharing)
   arrays = jax.tree.map(jnp.asarray, batch)
-  timing = time_calls(lambda: scoring._forward(model, arrays).block_until_ready(), steps, warmup)
-  return {**timing, "seq_len": int(batch["batch"]["input_ids"].shape[-1]), **peak_memory(_device_peak())}
+  return Program(lambda: scoring._forward(model, arrays).block_until_ready(),
+                 lambda: scoring._forward.lower(model, arrays).compile().as_text(),
+                 int(batch["batch"]["input_ids"].shape[-1]))
+
+
+def time_program(program: Program, *, steps: int, warmup: int) -> dict[str, Any]:
+  """`time_calls` of the program, its sequence length and the device's (or process's) memory peak."""
+  return {**time_calls(program.call, steps, warmup), "seq_len": program.seq_len, **peak_memory(_device_peak())}
 
 
 def torch_passes(mode: str, cfg: ModelConfig, n: int, layout: Layout, reward_id: int) -> list[dict[str, Any]]:

@@ -101,8 +101,8 @@ def _run_jax(layout: benchmark.Layout, reward_id: int) -> dict[str, Any]:
     from editreward_jax.models.qwen2_5_vl import RuntimeOptions
     options = RuntimeOptions(dtype=_DTYPE.value, param_dtype=_DTYPE.value, remat=_REMAT.value,
                              attention_impl=_ATTENTION.value)
-    out = benchmark.jax_score(cfg, HeadConfig(), options, _EDITS.value, layout, reward_id, steps=_STEPS.value,
-                              warmup=_WARMUP.value, prefix_sharing=_PREFIX.value)
+    program = benchmark.score_program(cfg, HeadConfig(), options, _EDITS.value, layout, reward_id,
+                                      prefix_sharing=_PREFIX.value)
   else:
     from configs.base import base_config
     from editreward_jax.training import state as state_lib
@@ -114,8 +114,8 @@ def _run_jax(layout: benchmark.Layout, reward_id: int) -> dict[str, Any]:
     raw.runtime.update(dtype=_DTYPE.value, remat=_REMAT.value, attention=_ATTENTION.value)
     config = from_config(raw)
     setup = dataclasses.replace(state_lib.model_setup(config), cfg=cfg)
-    out = benchmark.jax_train(config, setup, layout, steps=_STEPS.value, warmup=_WARMUP.value,
-                              prefix_sharing=_PREFIX.value)
+    program = benchmark.train_program(config, setup, layout, prefix_sharing=_PREFIX.value)
+  out = benchmark.time_program(program, steps=_STEPS.value, warmup=_WARMUP.value)
   return {**out, "platform": jax.default_backend(), "devices": jax.device_count(), "jax": jax.__version__}
 
 

@@ -21,20 +21,16 @@ import gzip
 import json
 import re
 import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
-from flax import nnx
 
 import data
 from configs.base import base_config
-from editreward_jax import benchmark, scoring, sharding
+from editreward_jax import benchmark
 from editreward_jax.models.qwen2_5_vl import RuntimeOptions
 from editreward_jax.models.scan import REMAT_POLICIES
-from editreward_jax.reward import HeadConfig, RewardModel
-from editreward_jax.training import run as run_lib
+from editreward_jax.reward import HeadConfig
 from editreward_jax.training import state as state_lib
 from editreward_jax.training.config import from_config
 
@@ -46,39 +42,20 @@ _TEXT = flags.DEFINE_integer("text_tokens", 150, "Rubric tokens per row (launch.
 _TOP = flags.DEFINE_integer("top", 30, "Ops to list.", lower_bound=1)
 
 
-def _program():
-  """(call, compiled HLO text) of one step on the launch.bench inputs of 2 pairs or 2 edits."""
+def _program() -> benchmark.Program:
+  """One step on the launch.bench inputs of 2 pairs or 2 edits, float32, prefix sharing on."""
   cfg = benchmark.SHAPES[_SHAPE.value]
   layout = benchmark.Layout(image_px=_PX.value, text_tokens=_TEXT.value)
   if _MODE.value == "score":
-    model = RewardModel(cfg, RuntimeOptions(remat=_REMAT.value), HeadConfig(), rngs=nnx.Rngs(0))
-    edits = benchmark.synthetic_edits(cfg, 2, layout, cfg.text.vocab_size - 1)
-    arrays = jax.tree.map(jnp.asarray, benchmark.score_batch(cfg, edits, prefix_sharing=True))
-    return (lambda: scoring._forward(model, arrays).block_until_ready(),
-            scoring._forward.lower(model, arrays).compile().as_text())
+    return benchmark.score_program(cfg, HeadConfig(), RuntimeOptions(remat=_REMAT.value), 2, layout,
+                                   cfg.text.vocab_size - 1, prefix_sharing=True)
   raw = base_config("tiny")
   raw.model.tokenizer = data.TINY_TOKENIZER
   raw.train.update(steps=10, epochs=0.0, batch_pairs=2, grad_accumulation=1, loss_kind="monte_carlo")
   raw.runtime.update(dtype="float32", remat=_REMAT.value)
   config = from_config(raw)
   setup = dataclasses.replace(state_lib.model_setup(config), cfg=cfg)
-  mesh = sharding.make_mesh(1, 1, 1)
-  run = run_lib.prepare(config, mesh, train_rows=2, setup=setup)
-  batch = benchmark.train_batch(cfg, benchmark.synthetic_pairs(cfg, 2, layout, run.reward_id), prefix_sharing=True)
-  state, frozen = run.initial_state()
-  key = jax.random.key(0)
-  with sharding.activation_rules(mesh):
-    step_fn, shardings = run.train_step(mesh, batch)
-    placed = run_lib.global_batch([batch], shardings)
-    text = step_fn.lower(state, frozen, placed, key).compile().as_text()
-  box = [state]
-
-  def call():
-    with sharding.activation_rules(mesh):
-      box[0], metrics = step_fn(box[0], frozen, placed, key)
-      jax.block_until_ready((box[0], metrics))
-
-  return call, text
+  return benchmark.train_program(config, setup, layout, prefix_sharing=True)
 
 
 def _op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
@@ -96,16 +73,13 @@ def _op_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]
 
 def main(argv):
   del argv
-  call, hlo = _program()
-  call()
-  start = time.perf_counter()
-  call()
-  wall = time.perf_counter() - start
+  program = _program()
+  wall = benchmark.time_calls(program.call, 1, 1)["step_s_median"]
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      call()
+      program.call()
     total, calls = _op_times(trace_dir)
-  defs = {m.group(1): line for line in hlo.splitlines()
+  defs = {m.group(1): line for line in program.hlo().splitlines()
           if (m := re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line))}
   op_s = sum(total.values()) / 1e6
   print(f"step wall {wall:.3f} s; op time {op_s:.3f} s over both threads")

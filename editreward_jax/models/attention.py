@@ -9,8 +9,8 @@ its end (half the logits of the [L, L] square), every chunk small enough to stay
 share a KV head are one matrix, so each product is one large batched matmul. Its backward pass is FlashAttention's:
 the probabilities are recomputed from each query's saved log-sum-exp (nothing of size [L, L] is kept between the
 passes) and softmax's row term comes from the output, not from a sum over all keys (scripts/bench_kernels.py
-times it against jax's XLA path and torch). A row of length 0 (a padding window or padding image) is given length 1 so no softmax runs over an empty
-set; its output is discarded by the caller.
+times it against jax's XLA path and torch). A row of length 0 (a padding window or padding image) is given length 1
+so no softmax runs over an empty set; its output is discarded by the caller.
 
 Splash tiles the key axis in blocks of 128 lanes: a sequence whose length is not a multiple of 128 (the vision
 tower's 64-patch windows) stays on XLA, where one such tile is what a fused kernel would compute anyway. Off TPU the

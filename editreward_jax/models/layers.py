@@ -56,7 +56,7 @@ class Linear(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     # One 2-D matmul over all leading axes: the weight gradient then contracts a single token axis. With several
     # (batch, sequence), XLA:CPU transposes the output gradient into a [out, tokens] layout first, fused into the
-    # activation's backward and about 3x slower than the whole matmul.
+    # activation's backward and slower than the matmul itself (docs/benchmarks.md).
     kernel = self.kernel[...].astype(self.dtype)
     lead, out_shape = x.shape[:x.ndim - self.contract], kernel.shape[self.contract:]
     flat = kernel.reshape(-1, math.prod(out_shape))
