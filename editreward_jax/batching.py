@@ -85,6 +85,7 @@ class BatchShape:
   patches: int | None = None
   units: int | None = None
   packed_len: int | None = None  # tokens per packed group under prefix sharing
+  suffix_len: int | None = None  # query slots of each suffix row under prefix sharing; 0: every row attends in full
   seq_multiple: int = 64  # sequence lengths are a multiple of this times a `fine_bucket` count
 
 
@@ -93,10 +94,19 @@ def seq_bucket(n: int, multiple: int = BatchShape.seq_multiple) -> int:
   return fine_bucket(-(-n // multiple)) * multiple
 
 
-def packed_length(rows: Sequence[Row], rows_per_group: int, image_token_id: int) -> int:
-  """Tokens of the longest group of `rows` packed by `shared_prefix.pack` (which finds the same common prefixes
-  from image slots: two rows' image tokens are the same exactly when they show the same image of the table)."""
-  longest = 0
+def suffix_slots(rows_per_group: int) -> tuple[int, ...]:
+  """The rows of a group (a pair's 4, an edit's 2; candidate-major, dimension-minor) that attend from their own new
+  tokens only under prefix sharing: every rubric row after a candidate's first, whose images that row already showed,
+  so that only its rubric text is new."""
+  return tuple(j for j in range(rows_per_group) if j % len(DIMENSIONS))
+
+
+def packed_sizes(rows: Sequence[Row], rows_per_group: int, image_token_id: int) -> tuple[int, int]:
+  """(tokens of the longest group, new tokens of the longest suffix row) of `rows` packed by `shared_prefix.pack`
+  (which finds the same common prefixes from image slots: two rows' image tokens are the same exactly when they
+  show the same image of the table)."""
+  longest, longest_suffix = 0, 0
+  suffixes = suffix_slots(rows_per_group)
   for g in range(0, len(rows), rows_per_group):
     group = rows[g:g + rows_per_group]
     seq = max(len(r.tokens) for r in group)
@@ -106,9 +116,11 @@ def packed_length(rows: Sequence[Row], rows_per_group: int, image_token_id: int)
       ids[i, :len(r.tokens)] = r.tokens
       for (start, end), image in zip(vision_layout.image_runs(np.asarray(r.tokens), image_token_id), r.images):
         images[i, start:end] = image
-    _, first = shared_prefix.group_layout(ids, images, np.array([len(r.tokens) for r in group]))
+    lengths = [len(r.tokens) for r in group]
+    _, first, shared = shared_prefix.group_layout(ids, images, np.array(lengths))
     longest = max(longest, len(first))
-  return longest
+    longest_suffix = max([longest_suffix] + [lengths[j] - shared[j] for j in suffixes if j < len(group)])
+  return longest, longest_suffix
 
 
 def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mode: str,
@@ -116,7 +128,7 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
   """NumPy arrays for `RewardModel.__call__`: {"batch", "reward_index", "dimension", "row_valid"}.
 
   With `prefix_groups` = n, consecutive groups of n rows (a pair's 4, an edit's 2) compute their common prefixes
-  once (`shared_prefix.pack`); the outputs are the same.
+  once (`shared_prefix.pack`, suffix rows by `suffix_slots`); the outputs are the same.
   """
   images = table.images
   n_rows = shape.rows or bucket(len(rows))
@@ -139,7 +151,9 @@ def collate(rows: Sequence[Row], table: ImageTable, cfg: ModelConfig, *, rope_mo
                             num_rows=n_rows, pad_id=pad_id, vision_buckets=vision_buckets, pixel_table=PIXEL_TABLE)
   if prefix_groups:
     batch = shared_prefix.pack(batch, prefix_groups, shape.packed_len,
-                               bucket=lambda n: seq_bucket(n, shape.seq_multiple))
+                               bucket=lambda n: seq_bucket(n, shape.seq_multiple),
+                               suffix_slots=() if shape.suffix_len == 0 else suffix_slots(prefix_groups),
+                               suffix_len=shape.suffix_len)
   reward_index = np.zeros(n_rows, np.int32)
   dimension = np.zeros(n_rows, np.int32)
   valid = np.zeros(n_rows, bool)

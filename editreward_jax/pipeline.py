@@ -46,6 +46,11 @@ batches are the same with K = 1):
   patches per image (full-attention blocks) the next power of two of the largest image's. With `fixed_shapes`
   (multi-host runs, where every host must build the same shapes) L is the largest seq bucket, S the largest patch
   bucket and patches per image `fixed_image_patches` whatever the content, so every batch has one shape.
+- with `prefix_sharing`, "batch" is packed per pair (`shared_prefix.pack`: input_ids, image_slots, position_ids
+  [G = P, Lu] plus the layout arrays of `shared_prefix.LAYOUT_KEYS`): Lu the smallest of `packed_buckets` that fits
+  the longest packed pair (with none given, `batching.seq_bucket` of it), and rows 1 and 3 of a pair (a candidate's
+  second rubric) attend from their Q new tokens only, Q = `batching.seq_bucket` of the longest such row; with
+  `fixed_shapes`, Lu is the largest packed bucket and every row attends in full.
 The last batch of a finite run is padded (pair_valid False); with several worker processes each worker's last one is.
 
 Bad rows (`bad_rows`, checks in `row_checks`): "raise" raises `DataError` naming the source, the row (and its key)
@@ -316,19 +321,22 @@ class _Collate:
                        f"{self.patch_buckets[-1]}: add a larger bucket or lower max_pixels")
     return self.patch_buckets[-1] if self.fixed else vision_layout.pad_to(needed, self.patch_buckets)
 
-  def _packed_len(self, shards) -> int | None:
-    """Packed tokens per pair, common to the K shards (None without prefix sharing)."""
+  def _packed_sizes(self, shards) -> tuple[int | None, int | None]:
+    """(packed tokens per pair, query slots per suffix row), common to the K shards; (None, None) without prefix
+    sharing. Fixed shapes keep every row attending in full (suffix length 0): its length would vary by batch."""
     if self.packed_buckets is None:
-      return None
+      return None, None
     if self.fixed:
-      return self.packed_buckets[-1]
-    longest = max(batching.packed_length(rows, ROWS_PER_PAIR, self.model_cfg.image_token_id) for rows, _ in shards)
+      return self.packed_buckets[-1], 0
+    sizes = [batching.packed_sizes(rows, ROWS_PER_PAIR, self.model_cfg.image_token_id) for rows, _ in shards]
+    longest, longest_suffix = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    suffix_len = batching.seq_bucket(max(longest_suffix, 1))
     if not self.packed_buckets:
-      return batching.seq_bucket(longest)
+      return batching.seq_bucket(longest), suffix_len
     if longest > self.packed_buckets[-1]:
       raise ValueError(f"a pair packs to {longest} tokens, more than the largest packed bucket "
                        f"{self.packed_buckets[-1]}")
-    return vision_layout.pad_to(longest, self.packed_buckets)
+    return vision_layout.pad_to(longest, self.packed_buckets), suffix_len
 
   @staticmethod
   def _shard_rows(found: Sequence[_ProcessedPair]) -> tuple[list[batching.Row], batching.ImageTable]:
@@ -350,10 +358,11 @@ class _Collate:
     longest = max(len(r.tokens) for rows, _ in shards for r in rows)
     seq_len = self.seq_buckets[-1] if self.fixed else vision_layout.pad_to(longest, self.seq_buckets)
     largest_image = max(int(h * w) for g in grids for _, h, w in g)
+    packed_len, suffix_len = self._packed_sizes(shards)
     shape = batching.BatchShape(rows=ROWS_PER_PAIR * per_shard, seq_len=seq_len, images=PAIR_IMAGES * per_shard,
                                 windows=slots // self.window_patches, units=slots // self.merge_unit,
                                 patches=self.image_patches or batching.fine_bucket(largest_image),
-                                packed_len=self._packed_len(shards))
+                                packed_len=packed_len, suffix_len=suffix_len)
     groups = None if self.packed_buckets is None else ROWS_PER_PAIR
     out = batching.stack_shards([batching.collate(rows, table, self.model_cfg, rope_mode=self.rope_mode,
                                                   shape=shape, pad_id=self.pad_id, prefix_groups=groups)

@@ -95,7 +95,7 @@ def main(argv):
                           model_in["vision"])
 
   x = backbone.embed(model_in["input_ids"], model_in["image_slots"], model_in["vision"])
-  layout_arrays = (model_in["row_tokens"], model_in["token_rows"]) if _SHARING.value else None
+  layout_arrays = {k: model_in[k] for k in shared_prefix.LAYOUT_KEYS} if _SHARING.value else None
   w_hidden = projection(x.shape, 2)
   decoder_loss = lambda d, x: jnp.sum(d(x, model_in["position_ids"], model_in["lengths"], layout_arrays) * w_hidden)
   parts["decoder"] = timed(nnx.jit(nnx.grad(decoder_loss)), backbone.decoder, x)

@@ -56,7 +56,8 @@ def test_reward_model_on_splash_equals_xla():
   rng = np.random.default_rng(2)
   common = list(rng.integers(10, 500, 70))
   rows = [common + list(rng.integers(10, 500, n)) for n in (30, 50, 20, 5)]
-  batch = shared_prefix.pack(model_inputs.make_batch(rows, TINY, seq_len=128), 2)
+  # Row 1 of each group is a suffix row: "xla" attends from its new tokens only, splash from every position.
+  batch = shared_prefix.pack(model_inputs.make_batch(rows, TINY, seq_len=128), 2, suffix_slots=(1,))
   reward_index = jnp.asarray([len(r) - 1 for r in rows])
   dims = jnp.asarray([0, 1, 0, 1])
   out = {}
@@ -85,3 +86,36 @@ def test_xla_chunks_equal_one_softmax(causal, seq):
                                                    key_value_seq_lengths=lengths))]
   for ours, want in zip(*grads):
     assert np.abs(np.asarray(ours) - np.asarray(want)).max() <= TOL * np.abs(np.asarray(want)).max()
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_queries_at_positions_equal_their_rows(shift):
+  """Queries at given positions (a suffix row's new tokens) get the outputs and gradients that the same positions
+  get in the whole row's causal attention. A planted mistake (positions one too far: each query sees the next key)
+  must fail."""
+  seq = 2 * attention.CHUNK + 40
+  (q, k, v), lengths, _ = inputs(seq=seq)
+  starts = np.array([150, 3])
+  count = 2 * attention.CHUNK - 60  # queries per row; row 1's run past its length (padding queries)
+  positions = np.minimum(starts[:, None] + np.arange(count), seq - 1)
+  real = positions < np.asarray(lengths)[:, None]
+  take = lambda x: jnp.take_along_axis(x, jnp.asarray(positions)[:, :, None, None], axis=1)
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, count) + q.shape[2:]), jnp.float32)
+  weights = weights * real[..., None, None]
+
+  def whole_rows(q, k, v):
+    return take(attention.attend(q, k, v, lengths, causal=True, implementation="xla"))
+
+  def at_positions(q, k, v):
+    return attention.attend(take(q), k, v, lengths, causal=True, implementation="xla",
+                            query_positions=jnp.asarray(positions + shift))
+
+  want, ours = whole_rows(q, k, v), at_positions(q, k, v)
+  grads = [jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v) * weights), argnums=(0, 1, 2))(q, k, v)
+           for f in (at_positions, whole_rows)]
+  errors = [np.abs(np.asarray(ours - want))[real].max()]
+  errors += [np.abs(np.asarray(g - w)).max() / np.abs(np.asarray(w)).max() for g, w in zip(*grads)]
+  if shift:
+    assert min(errors) > 1e-3
+  else:
+    assert max(errors) <= TOL

@@ -80,7 +80,8 @@ def test_padded_batch(tiny_torch, tiny_jax, mode):
 @pytest.mark.parametrize("mode", ["sequential", "mrope"])
 def test_shared_prefixes_computed_once(tiny_torch, tiny_jax, mode):
   """Groups of two rows sharing text and images (the second group also sharing an image of another size), packed
-  by shared_prefix: every row's hidden states and logits as transformers computes the full rows."""
+  by shared_prefix with the second row of each attending from its new tokens only (the second group's show a new
+  image): every row's hidden states and logits as transformers computes the full rows."""
   a = [1, 2] + image_tokens(tuple(GRIDS[0])) + [9, 8] + image_tokens(tuple(GRIDS[1]))
   b = [4] + image_tokens(tuple(GRIDS[1]))
   rows = [a + TEXT, a + TEXT[:3] + [77, 78], b + TEXT[:4], b + [6] + image_tokens(tuple(GRIDS[0])) + TEXT]
@@ -91,7 +92,7 @@ def test_shared_prefixes_computed_once(tiny_torch, tiny_jax, mode):
   h_ref, l_ref, mask = torch_forward(tiny_torch, rows, pixel_values=np.concatenate(
       [pixels[offsets[i]:offsets[i + 1]] for i in shown]), image_grid_thw=GRIDS[shown], mode=mode)
   batch = shared_prefix.pack(inputs.make_batch(rows, tiny_jax.cfg, pixel_values=pixels, image_grid_thw=GRIDS,
-                                               image_refs=refs, rope_mode=mode), 2)
+                                               image_refs=refs, rope_mode=mode), 2, suffix_slots=(1,))
   assert shared_prefix.packed_tokens(batch) < sum(map(len, rows)) - len(a)  # both groups share
   hidden, logits = _forward(tiny_jax, jax.tree.map(jax.numpy.asarray, batch))
   to_rows = lambda x: np.asarray(shared_prefix.to_rows(x, jax.numpy.asarray(batch["row_tokens"])))

@@ -66,7 +66,7 @@ def jax_gradients(model, pixels: np.ndarray, mode: str, rows, refs, groups: int 
   batch = inputs.make_batch(rows, model.cfg, pixel_values=pixels, image_grid_thw=GRIDS, image_refs=refs,
                             rope_mode=mode)
   if groups:
-    batch = shared_prefix.pack(batch, groups)
+    batch = shared_prefix.pack(batch, groups, suffix_slots=tuple(range(1, groups)))  # later rows: suffix queries
   batch = jax.tree.map(jnp.asarray, batch)
   hidden_proj, logit_proj = projections(model.cfg.text.hidden_size, model.cfg.text.vocab_size, rows)
 

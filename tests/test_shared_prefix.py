@@ -136,16 +136,21 @@ def test_scored_edits_same_outputs(processor, model):
   assert_same(outputs(model, on), outputs(model, off), off["row_valid"])
 
 
-@pytest.mark.parametrize("planted", ["other_rubric", "other_candidate"])
+@pytest.mark.parametrize("planted", ["other_rubric", "other_candidate", "suffix_sees_ahead"])
 def test_a_layout_that_sees_too_much_fails(processor, model, monkeypatch, planted):
-  """Plant a mistake in what counts as shared: the check above must catch it."""
+  """Plant a mistake in what counts as shared, or in where a suffix row's queries are: the check above must
+  catch it."""
   exact = shared_prefix.common_prefix
   if planted == "other_rubric":  # share 3 tokens past the real common prefix: a rubric row sees the other's
     wrong = lambda a, sa, b, sb: min(exact(a, sa, b, sb) + 3, len(a), len(b))
-  else:  # compare token ids only: candidate B's image tokens are taken for A's
+  elif planted == "other_candidate":  # compare token ids only: candidate B's image tokens are taken for A's
     wrong = lambda a, sa, b, sb: exact(a, np.zeros_like(sa), b, np.zeros_like(sb))
   off = pairs_batch(processor, "sequential", None)
-  monkeypatch.setattr(shared_prefix, "common_prefix", wrong)
+  if planted != "suffix_sees_ahead":
+    monkeypatch.setattr(shared_prefix, "common_prefix", wrong)
   on = pairs_batch(processor, "sequential", 4)
+  assert on["batch"]["suffix_rows"].shape[1] == 2  # rows 1 and 3 of a pair attend from their rubric only
+  if planted == "suffix_sees_ahead":  # each suffix query one position late: it sees the next token
+    on["batch"]["suffix_positions"] = on["batch"]["suffix_positions"] + 1
   with pytest.raises(AssertionError, match="outputs differ"):
     assert_same(outputs(model, on), outputs(model, off), off["row_valid"])

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from editreward_jax import sharding
-from editreward_jax.models import layers
+from editreward_jax.models import layers, shared_prefix
 from editreward_jax.models.config import ModelConfig
 from editreward_jax.models.text import TextDecoder
 from editreward_jax.models.vision import VisionTower
@@ -82,12 +82,13 @@ class Qwen25VL(nnx.Module):
 
   def __call__(self, input_ids: jax.Array, lengths: jax.Array, position_ids: jax.Array,
                image_slots: jax.Array | None = None, vision: Mapping[str, jax.Array] | None = None,
-               row_tokens: jax.Array | None = None, token_rows: jax.Array | None = None) -> jax.Array:
+               **layout: jax.Array) -> jax.Array:
     """Final normed hidden states [B, L, D]; in the packed layout of `shared_prefix` ([G, Lu, D]) when the batch
-    carries one (`row_tokens`, `token_rows`)."""
+    carries one (the arrays of `shared_prefix.LAYOUT_KEYS`)."""
+    if layout and set(layout) != set(shared_prefix.LAYOUT_KEYS):
+      raise ValueError(f"a packed batch needs exactly the layout arrays {shared_prefix.LAYOUT_KEYS}, got {sorted(layout)}")
     x = self.embed(input_ids, image_slots, vision)
-    layout = None if row_tokens is None else (row_tokens, token_rows)
-    return self.decoder(x, position_ids, lengths, layout)
+    return self.decoder(x, position_ids, lengths, layout or None)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]

@@ -44,10 +44,7 @@ class TextAttention(nnx.Module):
     k = layers.apply_rotary(k, cos, sin)
     if layout is None:
       return self.o_proj(attention.attend(q, k, v, lengths, causal=True, implementation=implementation))
-    row_tokens, token_rows = layout  # packed x: attention on the standalone rows, then back (shared_prefix.py)
-    q, k, v = (shared_prefix.to_rows(t, row_tokens) for t in (q, k, v))
-    out = attention.attend(q, k, v, lengths, causal=True, implementation=implementation)
-    return self.o_proj(shared_prefix.to_packed(out, token_rows))
+    return self.o_proj(shared_prefix.attend(q, k, v, lengths, layout, implementation))  # packed x
 
 
 class DecoderLayer(nnx.Module):
@@ -81,11 +78,11 @@ class TextDecoder(nnx.Module):
     self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "norm", param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, position_ids: jax.Array, lengths: jax.Array,
-               layout: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+               layout: dict[str, jax.Array] | None = None) -> jax.Array:
     """x [B, L, D] embeddings; position_ids [3, B, L]; lengths [B] valid (right-padded) tokens per row.
 
-    With `layout` = (row_tokens, token_rows), x and position_ids are packed groups [G, Lu] and lengths are the
-    standalone rows' (shared_prefix.py); the result is packed too.
+    With `layout` (the arrays of `shared_prefix.LAYOUT_KEYS`), x and position_ids are packed groups [G, Lu] and
+    lengths are the standalone rows' (shared_prefix.py); the result is packed too.
     """
     x = sharding.constrain(x.astype(self.dtype), ("batch", "seq", "embed_act"))
     cos, sin = mrope_cos_sin(position_ids, self.cfg, self.dtype)

@@ -5,7 +5,8 @@ or with prefix sharing every packed token, each shared prefix once; real patches
 not counted) and the images actually encoded:
 - decoder dense layers: 2 x (q, k, v, o and the three MLP matrices' parameters) x tokens, per layer;
 - decoder attention: 2 x T^2 x heads x head_dim per layer and row of T tokens (causal: half of the full
-  4 x T^2 x heads x head_dim of QK^T and PV); with prefix sharing attention still runs on every standalone row;
+  4 x T^2 x heads x head_dim of QK^T and PV); with prefix sharing a suffix row's queries start after its shared
+  prefix of S tokens: 2 x (T^2 - S^2) x heads x head_dim;
 - vision tower: patch embedding 2 x patch_dim x hidden per patch; per block 2 x (qkv, proj, MLP parameters) x
   patches, and attention 4 x hidden x (sum over windows of length^2) in window blocks, 4 x hidden x (sum over images
   of patches^2) in full-attention blocks; the merger's two matrices per merged token;
@@ -26,15 +27,18 @@ from editreward_jax.prompts import DIMENSIONS
 from editreward_jax.reward import HeadConfig
 
 
-def decoder_flops(cfg: ModelConfig, lengths: np.ndarray, dense_tokens: float | None = None) -> float:
-  """Rows of `lengths` tokens; `dense_tokens` (default: their sum) go through the dense layers."""
+def decoder_flops(cfg: ModelConfig, lengths: np.ndarray, dense_tokens: float | None = None,
+                  query_starts: np.ndarray | None = None) -> float:
+  """Rows of `lengths` tokens; `dense_tokens` (default: their sum) go through the dense layers; each row's
+  attention queries start at `query_starts` (default 0)."""
   t = cfg.text
   hd = t.head_dim
   dense = t.hidden_size * hd * (2 * t.num_attention_heads + 2 * t.num_key_value_heads) + 3 * t.hidden_size * \
       t.intermediate_size
   lengths = np.asarray(lengths, np.float64)
   dense_tokens = lengths.sum() if dense_tokens is None else dense_tokens
-  per_layer = 2.0 * dense * dense_tokens + 2.0 * (lengths**2).sum() * t.num_attention_heads * hd
+  starts = np.zeros_like(lengths) if query_starts is None else np.asarray(query_starts, np.float64)
+  per_layer = 2.0 * dense * dense_tokens + 2.0 * (lengths**2 - starts**2).sum() * t.num_attention_heads * hd
   return per_layer * t.num_hidden_layers
 
 
@@ -61,7 +65,7 @@ def forward_flops(cfg: ModelConfig, head: HeadConfig, batch: Mapping[str, Any]) 
   """Executed forward FLOPs of one collated batch (NumPy arrays as the pipeline gives them)."""
   model_in = batch["batch"]
   lengths = np.asarray(model_in["lengths"])
-  total = decoder_flops(cfg, lengths, shared_prefix.packed_tokens(model_in)) + \
+  total = decoder_flops(cfg, lengths, shared_prefix.packed_tokens(model_in), shared_prefix.query_starts(model_in)) + \
       head_flops(cfg, head, int(np.sum(lengths > 0)))
   vision = model_in.get("vision")
   if vision is not None:
