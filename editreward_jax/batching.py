@@ -66,12 +66,13 @@ def bucket(n: int, minimum: int = 1) -> int:
   return 1 << (n - 1).bit_length()
 
 
-def fine_bucket(n: int) -> int:
-  """Smallest of 4, 5, 6, 7 x 2^k (and 1, 2, 3) that is >= n: four sizes per octave, so at most 25% padding
-  (96 stays 96, where `bucket` makes it 128) for four times as many distinct sizes."""
-  if n <= 4:
+def fine_bucket(n: int, per_octave: int = 4) -> int:
+  """Smallest multiple of 2^k that is >= n with n in (per_octave, 2 per_octave] x 2^k (and n itself up to
+  `per_octave`, a power of two): per_octave sizes per octave, so at most 1 / per_octave padding (4: 96 stays 96,
+  where `bucket` makes it 128) for per_octave times as many distinct sizes."""
+  if n <= per_octave:
     return max(n, 1)
-  scale = 1 << max((n - 1).bit_length() - 3, 0)  # n in (4 * scale, 8 * scale]
+  scale = 1 << max((n - 1).bit_length() - per_octave.bit_length(), 0)
   return -(-n // scale) * scale
 
 
@@ -86,12 +87,14 @@ class BatchShape:
   units: int | None = None
   packed_len: int | None = None  # tokens per packed group under prefix sharing
   suffix_len: int | None = None  # query slots of each suffix row under prefix sharing; 0: every row attends in full
-  seq_multiple: int = 64  # sequence lengths are a multiple of this times a `fine_bucket` count
+  seq_multiple: int = 64  # sequence lengths are a multiple of this times a count with 8 sizes per octave
 
 
 def seq_bucket(n: int, multiple: int = BatchShape.seq_multiple) -> int:
-  """A sequence (or packed group) length: a multiple of `multiple` times a `fine_bucket` count."""
-  return fine_bucket(-(-n // multiple)) * multiple
+  """A sequence (or packed group) length: `multiple` times a count of 8 sizes per octave (at most 12.5% padding
+  beyond the multiple: the decoder's work grows with every padded token, and a few more compiled sizes are cheap
+  next to it)."""
+  return fine_bucket(-(-n // multiple), per_octave=8) * multiple
 
 
 def suffix_slots(rows_per_group: int) -> tuple[int, ...]:

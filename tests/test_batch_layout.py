@@ -183,11 +183,13 @@ def test_eight_devices_each_batch_group_encodes_only_its_own_images():
   assert "batch/vision/pixels" in report["indivisible_error"] and "data=2 x fsdp=2" in report["indivisible_error"]
 
 
-def test_buckets_have_four_sizes_per_octave():
-  """At most 25% padding: 695 tokens pad to 768 (not 1024), the 96 windows of six 448x448 images stay 96."""
+def test_buckets_have_four_sizes_per_octave_and_sequences_eight():
+  """At most 25% padding: the 96 windows of six 448x448 images stay 96 (not 128). Sequences, 12.5% beyond a multiple
+  of 64: 695 tokens pad to 704 (not 1024 or 768), a packed pair of 1401 to 1408."""
   assert [batching.fine_bucket(n) for n in (1, 4, 5, 8, 9, 11, 17, 96, 97, 129)] == [1, 4, 5, 8, 10, 12, 20, 96, 112,
                                                                                     160]
-  assert batching.seq_bucket(695) == 768 and batching.seq_bucket(1448) == 1536
+  assert [batching.seq_bucket(n) for n in (1, 64, 65, 695, 1401, 1448, 2375)] == [64, 64, 128, 704, 1408, 1536, 2560]
   assert all(n <= batching.fine_bucket(n) <= 1.25 * n + 1 for n in range(1, 3000))
+  assert all(n <= batching.fine_bucket(n, 8) <= 1.125 * n + 1 for n in range(1, 3000))
   vision = dataclasses.replace(TINY.vision, window_size=112)  # the released models' 8x8-patch windows
   assert batching.fine_bucket(vision_layout.num_windows(np.tile([1, 32, 32], (6, 1)), vision)) == 96
