@@ -55,6 +55,7 @@ def main(argv: list[str]) -> None:
     config = demo_config(seed=_SEED.value, num_train_pairs=_TRAIN_PAIRS.value, num_test_pairs=_TEST_PAIRS.value,
                          image_size=_IMAGE_SIZE.value, edits_per_source=_EDITS.value)
   start = time.perf_counter()
+  print(f"building {_DATASET.value} into {data_dir} (nothing to do if it is there)", flush=True)
   with cli.one_line_errors(DataError):
     builder = build(_DATASET.value, data_dir, manual_dir=_MANUAL_DIR.value, config=config)
   splits = {name: split.num_examples for name, split in builder.info.splits.items()}

@@ -6,11 +6,15 @@ imports TensorFlow when a `tf.data` pipeline is asked for, which this project ne
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import pathlib
 
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from data.editreward_bench import EditrewardBench
 from data.editreward_data import EditrewardData
@@ -56,10 +60,36 @@ def build(name: str, data_dir: str | os.PathLike, *, manual_dir: str | os.PathLi
   if name in NEEDS_MANUAL_DIR:
     if manual_dir is None or not pathlib.Path(manual_dir).is_dir():
       raise DataError(f"{name} is built from local parquet files: manual_dir must be their folder, got {manual_dir!r}")
-  builder = cls(data_dir=os.fspath(data_dir), config=_config_arg(cls, config))
-  download_config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else os.fspath(manual_dir))
-  builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  with _tfds_chatter_hidden():
+    builder = cls(data_dir=os.fspath(data_dir), config=_config_arg(cls, config))
+    download_config = tfds.download.DownloadConfig(manual_dir=None if manual_dir is None else os.fspath(manual_dir))
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
   return builder
+
+
+@contextlib.contextmanager
+def _tfds_chatter_hidden():
+  """Unless absl INFO logs are on (--verbose): TFDS prints its download and generated sizes and a done line to
+  stdout, and warns that a config object is custom (the demo's always are); the commands print their own lines."""
+  if absl_logging.level_info():
+    yield
+    return
+  custom_config = _DropMessages(("Using custom data configuration",))
+  absl_logging.get_absl_logger().addFilter(custom_config)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logging.get_absl_logger().removeFilter(custom_config)
+
+
+class _DropMessages(logging.Filter):
+  def __init__(self, prefixes: tuple[str, ...]):
+    super().__init__()
+    self.prefixes = prefixes
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.prefixes)
 
 
 def _python_plan(feature: tfds.features.FeatureConnector) -> object:

@@ -26,7 +26,7 @@ def train(workdir, *flags, wait=True):
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-  return run.stdout
+  return run.stdout + run.stderr
 
 
 def scalars(workdir, tag: str) -> dict[int, list[float]]:
@@ -52,6 +52,8 @@ def test_train_command_logs_evaluates_checkpoints_and_resumes(tmp_path):
   workdir = tmp_path / "run"
   out = train(workdir, "--config.train.steps=4", "--config.train.eval_every=2", "--config.train.checkpoint_every=2")
   assert "building the demo set" in out
+  # TFDS's stdout lines and its custom-config warning stay hidden (shown with --verbose).
+  assert "Downloading and preparing" not in out and "Using custom data configuration" not in out
   progress = [line for line in out.splitlines() if line.startswith("step 4/4 ")]
   assert progress and "ETA" in progress[0] and "pairs/s=" in progress[0]
   evals = [line for line in out.splitlines() if line.startswith("eval step=")]
