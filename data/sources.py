@@ -76,9 +76,13 @@ def _tfds_chatter_hidden():
     return
   custom_config = _DropMessages(("Using custom data configuration",))
   absl_logging.get_absl_logger().addFilter(custom_config)
+  printed = io.StringIO()
   try:
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(printed):
       yield
+  except BaseException:
+    print(printed.getvalue(), end="")  # what TFDS said before a failure can explain it
+    raise
   finally:
     absl_logging.get_absl_logger().removeFilter(custom_config)
 

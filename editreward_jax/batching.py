@@ -70,6 +70,8 @@ def fine_bucket(n: int, per_octave: int = 4) -> int:
   """Smallest multiple of 2^k that is >= n with n in (per_octave, 2 per_octave] x 2^k (and n itself up to
   `per_octave`, a power of two): per_octave sizes per octave, so at most 1 / per_octave padding (4: 96 stays 96,
   where `bucket` makes it 128) for per_octave times as many distinct sizes."""
+  if per_octave < 1 or per_octave & (per_octave - 1):
+    raise ValueError(f"per_octave must be a power of two, got {per_octave}")
   if n <= per_octave:
     return max(n, 1)
   scale = 1 << max((n - 1).bit_length() - per_octave.bit_length(), 0)

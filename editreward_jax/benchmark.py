@@ -10,7 +10,8 @@ Token ids are random in the text vocabulary, pixels are random uint8 patches of 
 FLOPs (`editreward_jax.training.flops`; a multiply-add is 2 FLOPs), on the tokens actually computed and the images
 actually encoded, padding not counted:
 - decoder dense layers 2 x parameters x tokens (q, k, v, o and the three MLP matrices; embedding lookups and lm_head
-  not counted); causal attention as half of full: 2 x T^2 x heads x head_dim per layer for a row of T tokens;
+  not counted); causal attention as half of full: 2 x T^2 x heads x head_dim per layer for a row of T tokens
+  (a prefix-shared suffix row, whose queries start after its S shared tokens: 2 x (T^2 - S^2) x heads x head_dim);
 - vision tower 2 x parameters x patches (patch embedding, blocks, merger), attention 4 x hidden x (sum of squared
   window lengths) per window block and 4 x hidden x (sum of squared image lengths) per full-attention block;
 - reward heads at the `<|Reward|>` token only; norms, rotary embeddings, softmax and the loss not counted;

@@ -49,7 +49,8 @@ batches are the same with K = 1):
 - with `prefix_sharing`, "batch" is packed per pair (`shared_prefix.pack`: input_ids, image_slots, position_ids
   [G = P, Lu] plus the layout arrays of `shared_prefix.LAYOUT_KEYS`): Lu the smallest of `packed_buckets` that fits
   the longest packed pair (with none given, `batching.seq_bucket` of it), and rows 1 and 3 of a pair (a candidate's
-  second rubric) attend from their Q new tokens only, Q = `batching.seq_bucket` of the longest such row; with
+  second rubric) attend from their Q new tokens only, Q = `batching.seq_bucket` of the most new tokens of such a row
+  (at most L); with
   `fixed_shapes`, Lu is the largest packed bucket and every row attends in full.
 The last batch of a finite run is padded (pair_valid False); with several worker processes each worker's last one is.
 

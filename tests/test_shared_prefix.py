@@ -21,6 +21,7 @@ from editreward_jax.models import shared_prefix
 from editreward_jax.models.presets import TINY
 from editreward_jax.prompts import load_prompts
 from editreward_jax.reward import RewardModel
+from editreward_jax.training import flops
 
 OUT_TOL = 1e-5
 GRAD_TOL = 1e-5  # of each parameter's largest gradient
@@ -50,13 +51,13 @@ def pair_rows(processor, table, instruction, source, a, b) -> list[batching.Row]
   return [r for edit in (a, b) for r in batching.edit_rows(processor(instruction, source, edit), table)]
 
 
-def pairs_batch(processor, rope_mode, prefix_groups, pad_rows: int = 0):
+def pairs_batch(processor, rope_mode, prefix_groups, pad_rows: int = 0, suffix_len: int | None = None):
   """Two pairs: one whose candidates differ in size (56x84 and 112x56), one at another size; padded with
-  `pad_rows` rows of padding (a padding pair)."""
+  `pad_rows` rows of padding (a padding pair). `suffix_len=0`: every row attends in full (fixed shapes)."""
   table = batching.ImageTable()
   rows = pair_rows(processor, table, "make the sky purple", image(0, 84, 56), image(1, 56, 84), image(2, 112, 56))
   rows += pair_rows(processor, table, "remove the cat", image(3, 56, 56), image(4, 56, 56), image(5, 56, 56))
-  shape = batching.BatchShape(rows=len(rows) + pad_rows)
+  shape = batching.BatchShape(rows=len(rows) + pad_rows, suffix_len=suffix_len)
   return batching.collate(rows, table, CFG, rope_mode=rope_mode, shape=shape, prefix_groups=prefix_groups)
 
 
@@ -111,10 +112,12 @@ def test_pair_layout_shares_the_prefixes(processor):
     assert (packed["token_rows"][g] >= 0).sum() == expected
 
 
-@pytest.mark.parametrize("rope_mode", ["sequential", "mrope"])
-def test_pairs_same_outputs_and_gradients(processor, model, rope_mode):
+@pytest.mark.parametrize("rope_mode, suffix_len", [("sequential", None), ("mrope", None), ("sequential", 0)],
+                         ids=["sequential", "mrope", "full_rows"])
+def test_pairs_same_outputs_and_gradients(processor, model, rope_mode, suffix_len):
   off = pairs_batch(processor, rope_mode, None, pad_rows=4)
-  on = pairs_batch(processor, rope_mode, 4, pad_rows=4)
+  on = pairs_batch(processor, rope_mode, 4, pad_rows=4, suffix_len=suffix_len)
+  assert on["batch"]["suffix_rows"].shape[1] == (0 if suffix_len == 0 else 2)
   valid = off["row_valid"]
   assert_same(outputs(model, on), outputs(model, off), valid)
   for g_on, g_off in zip(gradients(model, on), gradients(model, off)):
@@ -134,6 +137,23 @@ def test_scored_edits_same_outputs(processor, model):
 
   off, on = collate(None), collate(2)
   assert_same(outputs(model, on), outputs(model, off), off["row_valid"])
+
+
+def test_suffix_rows_attention_flops(processor):
+  """A suffix row's attention queries start after its shared prefix; the FLOP count leaves the skipped ones out."""
+  off = pairs_batch(processor, "sequential", None)["batch"]
+  on = pairs_batch(processor, "sequential", 4)["batch"]
+  ids, slots = off["input_ids"], off["image_slots"]
+  want = np.zeros(len(ids), np.int64)
+  for g in range(2):
+    for row, earlier in ((4 * g + 1, 4 * g), (4 * g + 3, 4 * g + 2)):  # each candidate's second rubric row
+      want[row] = shared_prefix.common_prefix(ids[row], slots[row], ids[earlier], slots[earlier])
+  starts = shared_prefix.query_starts(on)
+  np.testing.assert_array_equal(starts, want)
+  assert (starts[1::2] > 0).all()
+  t = CFG.text
+  skipped = flops.decoder_flops(CFG, off["lengths"], 0.0) - flops.decoder_flops(CFG, off["lengths"], 0.0, starts)
+  assert skipped == pytest.approx(2.0 * (want**2).sum() * t.num_attention_heads * t.head_dim * t.num_hidden_layers)
 
 
 @pytest.mark.parametrize("planted", ["other_rubric", "other_candidate", "suffix_sees_ahead"])

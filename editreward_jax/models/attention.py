@@ -4,8 +4,9 @@ Lengths (valid tokens form a prefix of each row) rather than arbitrary masks kee
 kernel: cuDNN on GPU (`"cudnn"`), and on TPU the splash-attention kernel that jax ships (`"splash"`: the lengths
 become segment ids, valid tokens 1 and padding 0, so a valid query never sees padding; causal is its static block
 mask, so no [B, N, L, L] logits are materialised). "xla" runs everywhere, written here rather than through
-`jax.nn.dot_product_attention`'s XLA path, in query chunks of `CHUNK`: a causal chunk against only the keys up to
-its end (half the logits of the [L, L] square), every chunk small enough to stay in cache; the query heads that
+`jax.nn.dot_product_attention`'s XLA path, in query chunks of `CHUNK`: a causal chunk of a whole row against only
+the keys up to its end (half the logits of the [L, L] square; queries at given positions, a prefix-shared row's
+suffix, see every key of their row, masked by position), every chunk small enough to stay in cache; the query heads that
 share a KV head are one matrix, so each product is one large batched matmul. Its backward pass is FlashAttention's:
 the probabilities are recomputed from each query's saved log-sum-exp (nothing of size [L, L] is kept between the
 passes) and softmax's row term comes from the output, not from a sum over all keys (scripts/bench_kernels.py

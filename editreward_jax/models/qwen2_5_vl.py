@@ -86,7 +86,8 @@ class Qwen25VL(nnx.Module):
     """Final normed hidden states [B, L, D]; in the packed layout of `shared_prefix` ([G, Lu, D]) when the batch
     carries one (the arrays of `shared_prefix.LAYOUT_KEYS`)."""
     if layout and set(layout) != set(shared_prefix.LAYOUT_KEYS):
-      raise ValueError(f"a packed batch needs exactly the layout arrays {shared_prefix.LAYOUT_KEYS}, got {sorted(layout)}")
+      raise ValueError(f"a packed batch needs exactly the layout arrays {shared_prefix.LAYOUT_KEYS}, "
+                       f"got {sorted(layout)}")
     x = self.embed(input_ids, image_slots, vision)
     return self.decoder(x, position_ids, lengths, layout or None)
 

@@ -73,12 +73,15 @@ def pack(batch: Mapping[str, Any], rows_per_group: int, packed_len: int | None =
   """`inputs.make_batch` arrays of R standalone rows -> the same batch with consecutive groups of `rows_per_group`
   rows packed: input_ids, image_slots [G, Lu] and position_ids [3, G, Lu] in the packed layout, lengths [R] kept
   (attention runs on the rows), and the layout arrays (`LAYOUT_KEYS`). The rows at `suffix_slots` of each group attend
-  from their new tokens only. `packed_len` fixes Lu and `suffix_len` fixes Q; without them, each is
-  `bucket(longest)` (or the longest itself)."""
+  from their new tokens only. `packed_len` fixes Lu; without it, Lu = `bucket(longest group)` (or the longest
+  itself). `suffix_len` fixes Q (0: no suffix rows, every row attends in full); without it, Q = `bucket(most new
+  tokens of a suffix row)`. Q is capped at the row length L."""
   input_ids, slots, lengths = (np.asarray(batch[k]) for k in ("input_ids", "image_slots", "lengths"))
   rows, seq = input_ids.shape
   if rows % rows_per_group:
     raise ValueError(f"{rows} rows do not split into groups of {rows_per_group}")
+  if suffix_len == 0:
+    suffix_slots = ()
   if any(not 0 < j < rows_per_group for j in suffix_slots):
     raise ValueError(f"suffix slots {suffix_slots} must be later rows of a group of {rows_per_group}")
   groups = rows // rows_per_group
@@ -94,6 +97,7 @@ def pack(batch: Mapping[str, Any], rows_per_group: int, packed_len: int | None =
                 for g, (_, _, shared) in enumerate(layouts)]
   longest_suffix = max((n for group in new_tokens for n in group), default=0)
   suffix_len = (fit(longest_suffix) if suffix_slots else 0) if suffix_len is None else suffix_len
+  suffix_len = min(suffix_len, seq)  # more query slots than a row has positions would all be padding
   if longest_suffix > suffix_len:
     raise ValueError(f"a suffix row has {longest_suffix} new tokens, more than suffix_len={suffix_len}")
   full_slots = [j for j in range(rows_per_group) if j not in suffix_slots]
@@ -111,8 +115,9 @@ def pack(batch: Mapping[str, Any], rows_per_group: int, packed_len: int | None =
     for slot, (j, p) in enumerate(first):
       token_rows[g, slot] = out_start[j] + (p - shared[j] if j in suffix_slots else p)
   row_tokens = np.concatenate([rt for rt, _, _ in layouts])
-  # Packed-layout copies of the per-token inputs, read at each slot's first occurrence (slot 0 for padding slots).
-  first_at = np.zeros((groups, packed_len), np.int64)
+  # Packed-layout copies of the per-token inputs, read at each slot's first occurrence (padding slots: the group's
+  # first row position).
+  first_at = np.repeat(np.arange(groups, dtype=np.int64)[:, None] * rows_per_group * seq, packed_len, axis=1)
   for g, (_, first, _) in enumerate(layouts):
     if first:
       r, p = np.array(first).T
@@ -167,21 +172,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, layout:
   full, suffix = layout["full_rows"], layout["suffix_rows"]
   pick = lambda x, index: _take_per_group(x.reshape(groups, n, *x.shape[1:]), index)  # [R, ...] -> [G, m, ...]
   flat = lambda x: x.reshape(-1, *x.shape[2:])
-  k_rows, v_rows = to_rows(k, layout["row_tokens"]), to_rows(v, layout["row_tokens"])
   heads = q.shape[2:]
   if implementation == "xla" and suffix.shape[1]:
-    out_full = attention.attend(to_rows(q, flat(pick(layout["row_tokens"], full))), flat(pick(k_rows, full)),
-                                flat(pick(v_rows, full)), flat(pick(lengths, full)), causal=True,
-                                implementation=implementation)
+    # Each attention call gathers its rows' keys and values straight from the packed ones.
+    full_tokens, suffix_row_tokens = (flat(pick(layout["row_tokens"], which)) for which in (full, suffix))
+    out_full = attention.attend(to_rows(q, full_tokens), to_rows(k, full_tokens), to_rows(v, full_tokens),
+                                flat(pick(lengths, full)), causal=True, implementation=implementation)
     queries = _take_per_group(q, jnp.maximum(layout["suffix_tokens"].reshape(groups, -1), 0))
     out_suffix = attention.attend(queries.reshape(-1, layout["suffix_tokens"].shape[-1], *heads),
-                                  flat(pick(k_rows, suffix)), flat(pick(v_rows, suffix)), flat(pick(lengths, suffix)),
-                                  causal=True, implementation=implementation,
+                                  to_rows(k, suffix_row_tokens), to_rows(v, suffix_row_tokens),
+                                  flat(pick(lengths, suffix)), causal=True, implementation=implementation,
                                   query_positions=flat(layout["suffix_positions"]))
     parts = [out_full, out_suffix]
   else:
-    out_rows = attention.attend(to_rows(q, layout["row_tokens"]), k_rows, v_rows, lengths, causal=True,
-                                implementation=implementation)
+    row_tokens = layout["row_tokens"]
+    out_rows = attention.attend(to_rows(q, row_tokens), to_rows(k, row_tokens), to_rows(v, row_tokens), lengths,
+                                causal=True, implementation=implementation)
     parts = [flat(pick(out_rows, full))]
     if suffix.shape[1]:  # a row's outputs [L, ...] at its queries [Q]
       at_queries = jax.vmap(lambda x, p: jnp.take(x, p, axis=0))

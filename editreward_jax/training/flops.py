@@ -6,7 +6,8 @@ not counted) and the images actually encoded:
 - decoder dense layers: 2 x (q, k, v, o and the three MLP matrices' parameters) x tokens, per layer;
 - decoder attention: 2 x T^2 x heads x head_dim per layer and row of T tokens (causal: half of the full
   4 x T^2 x heads x head_dim of QK^T and PV); with prefix sharing a suffix row's queries start after its shared
-  prefix of S tokens: 2 x (T^2 - S^2) x heads x head_dim;
+  prefix of S tokens: 2 x (T^2 - S^2) x heads x head_dim (what the `xla` attention runs; cuDNN and splash attend
+  from every position of such rows, so their executed attention FLOPs are a little higher than counted);
 - vision tower: patch embedding 2 x patch_dim x hidden per patch; per block 2 x (qkv, proj, MLP parameters) x
   patches, and attention 4 x hidden x (sum over windows of length^2) in window blocks, 4 x hidden x (sum over images
   of patches^2) in full-attention blocks; the merger's two matrices per merged token;
