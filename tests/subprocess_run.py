@@ -24,9 +24,10 @@ def script_env(devices: int | None = None, **extra: str) -> dict[str, str]:
 # (8 threads for 8 devices here) can end up blocked in a different one of several independent all-gathers that a
 # device runs at once (seen in a CI run: devices 0 and 2 in op 11 while 0 and 1 waited in op 12, all threads idle
 # for 15 minutes). XLA ends such a process after the timeout; the script then runs again, at most ATTEMPTS times.
-# 120 s is far more than the lag of one device behind another in these tiny programs.
+# 120 s is far more than the lag of one device behind another in these tiny programs. In full-suite CI runs the first
+# attempt of the 8-device training script deadlocked twice in two runs (alone it never did); the second passed.
 COLLECTIVE_TIMEOUT_S = 120
-ATTEMPTS = 3
+ATTEMPTS = 4
 DEADLOCK = "Exiting to ensure a consistent program state"  # XLA's rendezvous watchdog ending the process
 
 
@@ -37,5 +38,6 @@ def run_report(script: str, *args: str, devices: int | None = None, timeout: int
                          capture_output=True, text=True, timeout=timeout)
     if run.returncode == 0 or DEADLOCK not in run.stderr:
       break
+    print(f"{script}: XLA's collectives deadlocked; running it again", file=sys.stderr)  # shown if the test fails
   assert run.returncode == 0, run.stderr[-3000:]
   return json.loads(run.stdout.strip().splitlines()[-1])
